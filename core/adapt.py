@@ -1,0 +1,97 @@
+"""The inner loop (task-specific learning) as one pure function for every variant.
+
+MAML (eq. 1) and T-net (eq. 4) take theta~ = theta - alpha * grad L on the adapted parameters
+(W, b); T, zeta and Meta-SGD's alpha are meta-parameters and never move here. MT-net (eq. 8)
+multiplies the gradient by a binary mask M whose row j is on with probability sigmoid(zeta_j)
+(eq. 9), relaxed with Gumbel-Softmax at temperature c during meta-training (eq. 10-11).
+
+Randomness is passed in as tensors (`noise`), never drawn inside: the function is pure, so it maps
+over tasks with `torch.func.vmap` and gives the same answer vmapped and looped.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.func import grad
+
+from .cells import Params, adapted_names, mask_logits_name
+from .variants import Variant
+
+
+def logistic_noise(shape, generator: torch.Generator) -> torch.Tensor:
+    """g1 - g2 for g1, g2 ~ Gumbel(0, 1): a Logistic(0, 1) sample."""
+    u = torch.rand(shape, generator=generator, dtype=torch.float64).clamp_(1e-12, 1 - 1e-12)
+    return (torch.log(u) - torch.log1p(-u)).float()
+
+
+def mask_noise(params: Params, model, variant: Variant, generator: torch.Generator, n_tasks: int,
+               steps: int) -> dict[str, torch.Tensor]:
+    """Noise for every mask logit, shape [n_tasks, draws, *zeta.shape]. Row masks are sampled once
+    per task and reused at every inner step (draws = 1); full masks are resampled every step."""
+    if not variant.masked:
+        return {}
+    draws = 1 if variant.mask == "row" else steps
+    names = sorted({mask_logits_name(n, variant) for n in adapted_names(model, variant)})
+    return {z: logistic_noise((n_tasks, draws, *params[z].shape), generator) for z in names}
+
+
+def gumbel_mask(zeta: torch.Tensor, noise: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Straight-through Gumbel-Softmax over [zeta, 0] (eq. 10-11): hard 0/1 in the forward pass,
+    the gradient of the relaxed sigmoid((zeta + g1 - g2) / c) in the backward pass."""
+    soft = torch.sigmoid((zeta + noise.to(zeta.dtype)) / temperature)
+    hard = (soft > 0.5).to(zeta.dtype)
+    return hard + (soft - soft.detach())  # exactly 0/1 in value; the sigmoid's gradient
+
+
+def threshold_mask(zeta: torch.Tensor) -> torch.Tensor:
+    """Deterministic evaluation mask: a row is on iff P(on) = sigmoid(zeta) >= 1/2."""
+    return (zeta >= 0).to(zeta.dtype)
+
+
+def _broadcast_row(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return mask.reshape(mask.shape + (1,) * (like.dim() - mask.dim()))
+
+
+def adapt(params: Params, x_support: torch.Tensor, y_support: torch.Tensor, *, model, variant: Variant,
+          alpha: float, temperature: float, steps: int, loss_fn, noise: dict[str, torch.Tensor] | None = None,
+          mask_mode: str = "sample", all_steps: bool = False):
+    """k inner steps on one task's support set; returns the fast parameters (or, with
+    `all_steps`, the list after step 0..k). `noise[z]` has shape [draws, *zeta.shape]."""
+    names = adapted_names(model, variant)
+    fast = {n: params[n] for n in names}
+
+    def support_loss(sub: Params) -> torch.Tensor:
+        return loss_fn(model.forward({**params, **sub}, x_support), y_support)
+
+    def masks_for(step: int) -> dict[str, torch.Tensor]:
+        out = {}
+        for n in names:
+            z = mask_logits_name(n, variant)
+            if z is None:
+                continue
+            if mask_mode == "threshold":
+                m = threshold_mask(params[z])
+            else:
+                draw = noise[z][0 if variant.mask == "row" else step]
+                m = gumbel_mask(params[z], draw, temperature)
+            out[n] = _broadcast_row(m, params[n]) if variant.mask == "row" else m
+        return out
+
+    row_masks = masks_for(0) if variant.mask == "row" else None
+    trajectory = [fast]
+    for step in range(steps):
+        g = grad(support_loss)(fast)
+        masks = row_masks if row_masks is not None else masks_for(step)
+        new = {}
+        for n in names:
+            gn = g[n].detach() if variant.order == "first" else g[n]
+            lr = params[f"alpha.{n}"] if variant.learned_alpha else alpha
+            update = lr * gn
+            if n in masks:
+                update = masks[n] * update
+            new[n] = fast[n] - update
+        fast = new
+        trajectory.append(fast)
+    if all_steps:
+        return [{**params, **f} for f in trajectory]
+    return {**params, **fast}

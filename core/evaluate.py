@@ -1,0 +1,82 @@
+"""Evaluation on fixed tasks: one row per (task, shots, inner steps), plus mean +- 95% CI.
+
+Task i of a split is a pure function of (family, split, eval_seed, i) and support sets are nested
+over shots, so every variant, seed and shot count meets identical tasks (paired comparisons).
+Mask noise at evaluation is drawn from a generator seeded by the same triple.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch.func import vmap
+
+from .adapt import adapt
+from .meta import sample_noise
+from .setup import Setup
+from .tasks import task_seed
+
+
+def _losses_along_trajectory(params, xs, ys, xq, yq, noise, setup: Setup, steps: int, mask_mode: str):
+    hp = setup.hp
+    trajectory = adapt(params, xs, ys, model=setup.model, variant=setup.variant, alpha=hp.alpha,
+                       temperature=hp.temperature, steps=steps, loss_fn=setup.loss_fn, noise=noise,
+                       mask_mode=mask_mode, all_steps=True)
+    losses, accs = [], []
+    for fast in trajectory:
+        out = setup.model.forward(fast, xq)
+        losses.append(setup.loss_fn(out, yq).detach())
+        if setup.family.loss == "cross_entropy":
+            accs.append((out.argmax(-1) == yq).to(out.dtype).mean().detach())
+    return torch.stack(losses), (torch.stack(accs) if accs else torch.zeros(0))
+
+
+def evaluate(setup: Setup, params, *, split: str = "test", eval_seed: int = 1, n_tasks: int = 600,
+             shots=(5, 10, 20), steps=(1, 10), mask_eval: str | None = None, chunk: int = 600) -> dict:
+    """Adapt to each of `n_tasks` fixed tasks with every shot count and report the query loss after
+    each requested number of inner steps (0 = before adaptation). Returns column arrays
+    (task_index, shots, inner_steps, loss, accuracy) ready for the eval_tasks table."""
+    mask_mode = mask_eval or setup.hp.mask_eval
+    shots, steps = sorted(set(int(s) for s in shots)), sorted(set(int(s) for s in steps))
+    max_steps = max(steps)
+    batch = setup.family.eval_tasks(split, eval_seed, range(n_tasks), max(shots), setup.queries)
+    batch = batch.to(setup.device, setup.dtype)
+    params = {k: v.detach() for k, v in params.items()}
+    g = torch.Generator().manual_seed(task_seed(setup.family.key(), split, eval_seed, 0, stream=1))
+    noise = sample_noise(params, setup, g, n_tasks, max(max_steps, 1))
+    fn = vmap(_losses_along_trajectory, in_dims=(None, 0, 0, 0, 0, 0, None, None, None))
+    cols = {"task_index": [], "shots": [], "inner_steps": [], "loss": [], "accuracy": []}
+    for k in shots:
+        sub = batch.shots(k)
+        loss_parts, acc_parts = [], []
+        for start in range(0, n_tasks, chunk):
+            idx = slice(start, start + chunk)
+            nz = {z: v[idx] for z, v in noise.items()}
+            l, a = fn(params, *sub.select(idx), nz, setup, max_steps, mask_mode)
+            loss_parts.append(l)
+            acc_parts.append(a)
+        loss = torch.cat(loss_parts).cpu().double().numpy()  # [n_tasks, max_steps + 1]
+        acc = torch.cat(acc_parts).cpu().double().numpy()
+        for s in steps:
+            cols["task_index"].append(np.arange(n_tasks))
+            cols["shots"].append(np.full(n_tasks, k))
+            cols["inner_steps"].append(np.full(n_tasks, s))
+            cols["loss"].append(loss[:, s])
+            cols["accuracy"].append(acc[:, s] if acc.size else np.full(n_tasks, np.nan))
+    return {k: np.concatenate(v) for k, v in cols.items()}
+
+
+def summarize(cols: dict, metric: str = "loss") -> list[dict]:
+    """Mean +- 1.96 sd / sqrt(N) over tasks for each (shots, inner_steps) (the papers' convention;
+    sd with ddof=0 as numpy's std in the authors' code)."""
+    out = []
+    keys = sorted(set(zip(cols["shots"].tolist(), cols["inner_steps"].tolist())))
+    for k, s in keys:
+        sel = (cols["shots"] == k) & (cols["inner_steps"] == s)
+        v = cols[metric][sel]
+        n = len(v)
+        out.append({"shots": k, "inner_steps": s, "n": n, "mean": float(v.mean()),
+                    "ci95": float(1.96 * v.std() / math.sqrt(n)) if n > 1 else float("nan")})
+    return out

@@ -1,0 +1,81 @@
+"""The training state of one trial: everything needed to continue exactly where it stopped.
+
+Parameters, optimiser moments, the RNG that draws tasks and mask noise, the step counter and the
+learning-curve rows so far. `save` then `load` then training on gives, on CPU, bit-for-bit the
+parameters of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+
+import torch
+
+from .cells import Params
+from .setup import Setup
+
+
+def make_optimizer(setup: Setup, params: Params) -> torch.optim.Optimizer:
+    """Adam with step size beta (eq. 2); Reptile's outer update is plain SGD at rate epsilon = beta."""
+    tensors = list(params.values())
+    if setup.variant.outer == "reptile":
+        return torch.optim.SGD(tensors, lr=setup.hp.beta, foreach=True)
+    return torch.optim.Adam(tensors, lr=setup.hp.beta, foreach=True)
+
+
+@dataclass
+class TrainState:
+    params: Params
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    step: int = 0
+    seed: int = 0
+    curves: list[dict] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)  # e.g. attempt counter, wall time so far
+
+    def to_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        torch.save(
+            {
+                "params": {k: v.detach().cpu() for k, v in self.params.items()},
+                "optimizer": self.optimizer.state_dict(),
+                "generator": self.generator.get_state(),
+                "step": self.step,
+                "seed": self.seed,
+                "curves": self.curves,
+                "extra": self.extra,
+            },
+            buf,
+        )
+        return buf.getvalue()
+
+    def save(self, path) -> None:
+        tmp = f"{path}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(self.to_bytes())
+        import os
+
+        os.replace(tmp, path)
+
+
+def init_state(setup: Setup, seed: int) -> TrainState:
+    """Seeded initial state: the same seed gives the same init, tasks and noise."""
+    generator = torch.Generator().manual_seed(int(seed))
+    params = setup.model.init(setup.variant, setup.hp, generator, dtype=setup.dtype, device=setup.device)
+    return TrainState(params, make_optimizer(setup, params), generator, 0, int(seed))
+
+
+def state_from_bytes(setup: Setup, data: bytes) -> TrainState:
+    blob = torch.load(io.BytesIO(data), weights_only=False)
+    params = {k: v.to(device=setup.device, dtype=setup.dtype) for k, v in blob["params"].items()}
+    optimizer = make_optimizer(setup, params)
+    optimizer.load_state_dict(blob["optimizer"])
+    generator = torch.Generator()
+    generator.set_state(blob["generator"])
+    return TrainState(params, optimizer, generator, blob["step"], blob["seed"], blob["curves"], blob["extra"])
+
+
+def load_state(setup: Setup, path) -> TrainState:
+    with open(path, "rb") as f:
+        return state_from_bytes(setup, f.read())

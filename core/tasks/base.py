@@ -1,0 +1,74 @@
+"""What every task family provides, and how evaluation tasks are derived from seeds."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from typing import NamedTuple, Protocol
+
+import numpy as np
+import torch
+
+
+class Batch(NamedTuple):
+    """Support and query sets of several tasks; dimension 0 indexes tasks."""
+
+    x_support: torch.Tensor
+    y_support: torch.Tensor
+    x_query: torch.Tensor
+    y_query: torch.Tensor
+
+    def to(self, device=None, dtype=None) -> "Batch":
+        def move(t: torch.Tensor) -> torch.Tensor:
+            # labels of classification tasks stay integer
+            return t.to(device=device, dtype=dtype if t.is_floating_point() else None)
+
+        return Batch(*(move(t) for t in self))
+
+    def shots(self, k: int) -> "Batch":
+        """The same tasks with only the first k support points (support sets are nested)."""
+        return Batch(self.x_support[:, :k], self.y_support[:, :k], self.x_query, self.y_query)
+
+    def select(self, index) -> "Batch":
+        return Batch(*(t[index] for t in self))
+
+
+SPLITS = {"train": 0, "val": 1, "test": 2}
+
+
+def task_seed(family_key: str, split: str, eval_seed: int, index: int, stream: int = 0) -> int:
+    """A 63-bit seed that depends only on (family config, split, eval_seed, task index, stream);
+    stream 0 draws the task's data, stream 1 the evaluation's mask noise."""
+    digest = int.from_bytes(hashlib.sha256(family_key.encode()).digest()[:8], "little")
+    ss = np.random.SeedSequence([digest, SPLITS[split], int(eval_seed), int(index), int(stream)])
+    return int(ss.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+class TaskFamily(Protocol):
+    name: str
+    loss: str  # "mse" | "cross_entropy"
+    input_shape: tuple[int, ...]
+    output_dim: int
+
+    def key(self) -> str: ...
+
+    def sample(self, generator: torch.Generator, n_tasks: int, shots: int, queries: int) -> Batch: ...
+
+    def eval_tasks(self, split: str, eval_seed: int, indices, max_shots: int, queries: int) -> Batch: ...
+
+
+@dataclass(frozen=True)
+class FamilyBase:
+    """Shared helpers: a stable key of the config (for evaluation seeds) and eval-task assembly."""
+
+    def key(self) -> str:
+        return f"{self.name}:{sorted(asdict(self).items())}"
+
+    def eval_tasks(self, split: str, eval_seed: int, indices, max_shots: int, queries: int) -> Batch:
+        """Task i is drawn from its own generator: adding tasks or shots never changes task i, and
+        the first k support points of a 20-shot task are the k-shot task."""
+        parts = []
+        for i in indices:
+            g = torch.Generator().manual_seed(task_seed(self.key(), split, eval_seed, i))
+            parts.append(self.sample(g, 1, max_shots, queries))
+        return Batch(*(torch.cat(ts) for ts in zip(*parts)))

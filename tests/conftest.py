@@ -1,0 +1,15 @@
+import os
+
+import pytest
+import torch
+
+# Two cores: keep torch from oversubscribing them when Ray workers also run.
+torch.set_num_threads(int(os.environ.get("METASWEEP_TEST_THREADS", "1")))
+
+
+@pytest.fixture
+def float64():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield torch.float64
+    torch.set_default_dtype(old)
