@@ -1,0 +1,158 @@
+"""The `metasweep` command line: train, sweep, resume, status, rank, plot, query."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import UserError, fail
+
+app = typer.Typer(
+    name="metasweep",
+    help="Hyper-parameter and ablation sweeps for gradient-based meta-learning (MAML, Meta-SGD, ANIL, "
+         "T-net, MT-net, ...) on Ray Tune + Optuna, with results in Parquet and honest rankings.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+out = Console()
+
+
+@app.callback()
+def root() -> None:
+    """metasweep: meta-learning sweeps on Ray Tune + Optuna."""
+
+
+def int_list(text: str, option: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise UserError(f"{option}: expected comma-separated integers like 5,10,20 (got {text!r})") from None
+    if not values or any(v < 0 for v in values):
+        raise UserError(f"{option}: expected non-negative integers like 5,10,20 (got {text!r})")
+    return values
+
+
+def print_summary(summary: list[dict], title: str) -> None:
+    table = Table(title=title)
+    for col in ("shots", "inner steps", "tasks", "loss (mean ± 95% CI)"):
+        table.add_column(col, justify="right")
+    for r in summary:
+        table.add_row(str(r["shots"]), str(r["inner_steps"]), str(r["n"]), f"{r['mean']:.3f} ± {r['ci95']:.3f}")
+    out.print(table)
+
+
+@app.command()
+def train(
+    task: str = typer.Option("sine", help="task family: sine | polynomial"),
+    variant: str = typer.Option("maml", help="preset: maml, fomaml, reptile, meta-sgd, anil, t-net, m-net, "
+                                             "m-net-full, mt-net, mt-net-full"),
+    train_shots: int = typer.Option(10, help="support points per task during meta-training (K)"),
+    queries: int = typer.Option(10, help="query points per task"),
+    order: Optional[int] = typer.Option(None, help="polynomial order (task polynomial)"),
+    meta_batch: int = typer.Option(25, help="tasks per outer step"),
+    meta_steps: int = typer.Option(1000, help="outer steps (meta-iterations)"),
+    inner_steps: int = typer.Option(1, help="inner gradient steps during meta-training"),
+    alpha: float = typer.Option(1e-2, help="inner step size α"),
+    beta: float = typer.Option(1e-3, help="outer (Adam) step size β"),
+    temperature: float = typer.Option(1.0, help="Gumbel-Softmax temperature c (masked variants)"),
+    mask_eval: str = typer.Option("sample", help="masks at evaluation: sample | threshold"),
+    seed: int = typer.Option(0, help="seeds init, task sampling and mask noise"),
+    eval_shots: str = typer.Option("5,10,20", help="shot counts to evaluate at"),
+    eval_steps: str = typer.Option("1,10", help="inner steps to evaluate at (0 = unadapted)"),
+    eval_tasks: int = typer.Option(600, help="number of fixed meta-test tasks"),
+    eval_seed: int = typer.Option(1, help="seed that fixes the evaluation tasks"),
+    report_every: int = typer.Option(100, help="validation + curve row every K meta-steps"),
+    val_tasks: int = typer.Option(100, help="meta-validation tasks per report"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
+    out_dir: Path = typer.Option(Path("runs/train"), "--out", help="folder for the trial's Parquet files"),
+):
+    """Meta-train one variant (no Ray), print the evaluation table and write the Parquet rows."""
+    from metasweep.analysis.store import write_trial
+    from metasweep.core import VariantError
+
+    from .trial import TrialConfig, run_trial
+
+    try:
+        if task not in ("sine", "polynomial"):
+            raise UserError(f"--task: must be sine or polynomial (got {task!r})")
+        for name, value in (("--train-shots", train_shots), ("--queries", queries), ("--meta-batch", meta_batch),
+                            ("--meta-steps", meta_steps), ("--inner-steps", inner_steps),
+                            ("--eval-tasks", eval_tasks), ("--report-every", report_every),
+                            ("--val-tasks", val_tasks)):
+            if value < 1:
+                raise UserError(f"{name}: must be >= 1 (got {value})")
+        for name, value in (("--alpha", alpha), ("--beta", beta), ("--temperature", temperature)):
+            if not (value > 0 and math.isfinite(value)):
+                raise UserError(f"{name}: must be a positive number (got {value})")
+        if mask_eval not in ("sample", "threshold"):
+            raise UserError(f"--mask-eval: must be sample or threshold (got {mask_eval!r})")
+        if device not in ("auto", "cpu") and not device.startswith("cuda"):
+            raise UserError(f"--device: must be auto, cpu, cuda or cuda:N (got {device!r})")
+        task_options = {}
+        if order is not None:
+            if task != "polynomial":
+                raise UserError("--order: only applies to --task polynomial")
+            if order < 0:
+                raise UserError(f"--order: must be >= 0 (got {order})")
+            task_options["order"] = order
+        cfg = TrialConfig(task=task, task_options=task_options, variant=variant, train_shots=train_shots,
+                          queries=queries, alpha=alpha, beta=beta, temperature=temperature,
+                          inner_steps=inner_steps, meta_batch=meta_batch, meta_steps=meta_steps,
+                          report_every=min(report_every, meta_steps), val_tasks=val_tasks, eval_tasks=eval_tasks,
+                          eval_seed=eval_seed, eval_shots=int_list(eval_shots, "--eval-shots"),
+                          eval_steps=int_list(eval_steps, "--eval-steps"), mask_eval=mask_eval, seed=seed,
+                          device=device)
+        if min(cfg.eval_shots) < 1:
+            raise UserError(f"--eval-shots: shot counts must be >= 1 (got {eval_shots!r})")
+        from metasweep.core import get_variant
+
+        get_variant(variant)
+        if device.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                raise UserError(f"--device {device}: CUDA is not available on this machine")
+    except VariantError as e:
+        fail(f"--variant: {e}")
+    except UserError as e:
+        fail(str(e))
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console) as progress:
+        bar = progress.add_task(f"{variant} meta-training", total=meta_steps, info="")
+
+        def on_report(state, row):
+            progress.update(bar, completed=state.step,
+                            info=f"train {row['meta_train_loss']:.3f}  val {row['val_loss']:.3f}")
+
+        result = run_trial(cfg, trial_id=f"{variant}-seed{seed}", experiment=out_dir.name, stage="single",
+                           on_report=on_report)
+    write_trial(str(out_dir), result.trial_row, result.curves, result.eval_tasks)
+    console.print(f"status: [bold]{result.status}[/]  meta-steps: {result.trial_row['meta_steps']}  "
+                  f"wall: {result.trial_row['wall_seconds']:.1f}s  device: {result.trial_row['device']}")
+    if result.status == "errored":
+        console.print(result.trial_row["error"])
+    if result.summary:
+        print_summary(result.summary, f"{variant} on {task}: eval loss on {eval_tasks} meta-test tasks")
+    console.print(f"results: {out_dir}/{{trials,curves,eval_tasks}}/")
+
+
+def main() -> None:
+    try:
+        app()
+    except UserError as e:
+        fail(str(e))
+
+
+if __name__ == "__main__":
+    main()
