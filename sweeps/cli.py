@@ -147,6 +147,106 @@ def train(
     console.print(f"results: {out_dir}/{{trials,curves,eval_tasks}}/")
 
 
+@app.command()
+def sweep(
+    spec: Path = typer.Argument(..., help="spec file (YAML), e.g. sweeps/specs/quickstart.yaml"),
+    address: Optional[str] = typer.Option(None, help="Ray cluster address (HOST:PORT or auto); default: "
+                                                     "an embedded local Ray"),
+    storage: Optional[str] = typer.Option(None, help="overrides the spec's storage: a folder or a pyarrow "
+                                                     "filesystem URI such as s3://bucket/prefix"),
+    stage: str = typer.Option("all", help="tune | test | all"),
+    rank_after: bool = typer.Option(True, "--rank/--no-rank", help="print the ranking table at the end"),
+):
+    """Run a spec's sweep: the tune stage (Optuna on meta-validation tasks), then the test stage (each
+    variant's best configuration retrained on seeds, evaluated on meta-test tasks); or a grid."""
+    from .run import Interrupted
+    from .run import sweep as run_sweep
+
+    if stage not in ("tune", "test", "all"):
+        fail(f"--stage: must be tune, test or all (got {stage!r})")
+    try:
+        exp_uri = run_sweep(str(spec), address=address, storage=storage, stage=stage)
+    except UserError as e:
+        fail(str(e))
+    except (Interrupted, KeyboardInterrupt) as e:
+        console.print(f"[bold red]sweep interrupted[/] ({e}); rows written so far are kept. Continue with: "
+                      f"metasweep resume <experiment path>")
+        raise SystemExit(130)
+    console.print(f"results: {exp_uri}")
+    if rank_after and stage != "tune":
+        _print_rank(exp_uri)
+
+
+@app.command()
+def resume(
+    experiment: str = typer.Argument(..., help="experiment path (STORAGE/EXPERIMENT)"),
+    address: Optional[str] = typer.Option(None, help="Ray cluster address; default: embedded local Ray"),
+    rank_after: bool = typer.Option(True, "--rank/--no-rank"),
+):
+    """Continue an interrupted sweep: finished stages are skipped, unfinished Tuners restored
+    (errored trials restart from their checkpoints), the Optuna study continues."""
+    from .run import Interrupted
+    from .run import resume as run_resume
+
+    try:
+        exp_uri = run_resume(experiment, address=address)
+    except UserError as e:
+        fail(str(e))
+    except (Interrupted, KeyboardInterrupt) as e:
+        console.print(f"[bold red]sweep interrupted[/] ({e}); continue with: metasweep resume {experiment}")
+        raise SystemExit(130)
+    if rank_after:
+        _print_rank(exp_uri)
+
+
+@app.command()
+def status(experiment: str = typer.Argument(..., help="experiment path (STORAGE/EXPERIMENT)")):
+    """How far a sweep is: stages done, trials per stage and status."""
+    from .status import print_status
+
+    try:
+        print_status(experiment)
+    except UserError as e:
+        fail(str(e))
+
+
+def _print_rank(exp_uri: str, **kw) -> None:
+    from metasweep.analysis.ranking import compute_ranking, print_ranking
+
+    try:
+        print_ranking(compute_ranking(exp_uri, **kw), out)
+    except ValueError as e:
+        console.print(f"ranking: {e}")
+
+
+@app.command()
+def rank(
+    experiment: str = typer.Argument(..., help="experiment path (or a `metasweep train --out` folder)"),
+    metric: str = typer.Option("loss", help="loss | accuracy"),
+    stage: Optional[str] = typer.Option(None, help="test | tune | grid | single (default: test if present)"),
+    inner_steps: Optional[int] = typer.Option(None, help="evaluation inner steps (default: smallest > 0)"),
+    baseline: str = typer.Option("maml", help="variant the paired tests compare against"),
+    fmt: str = typer.Option("text", "--format", help="text | markdown | latex | csv"),
+):
+    """The paper-style table: variants x settings, mean ± 95% CI, best and ties marked, average
+    rank, Friedman test, and paired tests against the baseline on shared tasks."""
+    from metasweep.analysis.ranking import compute_ranking, print_ranking, render
+    from metasweep.analysis.store import StoreError
+
+    if metric not in ("loss", "accuracy"):
+        fail(f"--metric: must be loss or accuracy (got {metric!r})")
+    if fmt not in ("text", "markdown", "latex", "csv"):
+        fail(f"--format: must be text, markdown, latex or csv (got {fmt!r})")
+    try:
+        r = compute_ranking(experiment, metric=metric, stage=stage, inner_steps=inner_steps, baseline=baseline)
+    except (StoreError, ValueError) as e:
+        fail(str(e))
+    if fmt == "text":
+        print_ranking(r, out)
+    else:
+        sys.stdout.write(render(r, fmt))
+
+
 def main() -> None:
     try:
         app()

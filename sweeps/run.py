@@ -1,0 +1,359 @@
+"""The driver: runs a spec's stages on Ray Tune (embedded local Ray, or a cluster via --address),
+keeps a manifest so that an interrupted sweep resumes where it stopped, and prints a ranking."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import sys
+import time
+
+from rich.console import Console
+
+from metasweep.analysis.store import read_dataset, read_raw, write_table
+
+from .errors import UserError
+from .experiment import experiment_uri, is_local, read_manifest, read_text, write_manifest, write_text
+from .plan import Cell, cells, grid_trial_configs, search_space, test_trial_configs, tune_trial_base
+from .spec import Spec, load_spec
+
+console = Console(stderr=True)
+
+
+class Interrupted(Exception):
+    """Tuner.fit() returned before every trial ended (SIGINT, lost driver)."""
+
+
+# --------------------------------------------------------------------------------------- Ray
+
+
+def check_address(address: str) -> None:
+    """Fail in a second with one line instead of Ray's long retry loop on an unreachable head."""
+    if address in ("auto", "local") or address.startswith("ray://"):
+        target = address.removeprefix("ray://") if address.startswith("ray://") else None
+        if not target:
+            return
+    else:
+        target = address
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--address {address}: expected HOST:PORT (e.g. 10.0.0.5:6379), 'auto' or ray://HOST:PORT")
+    try:
+        with socket.create_connection((host, int(port)), timeout=5):
+            pass
+    except OSError as e:
+        raise UserError(f"--address {address}: no Ray cluster reachable there ({e.strerror or e})") from None
+
+
+def init_ray(address: str | None) -> bool:
+    """Connect to a cluster, or start an embedded local Ray. Returns True if we started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    import logging
+
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our own one-line-per-trial progress instead
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    logging.getLogger("ray.tune").setLevel(logging.WARNING)
+    if address:
+        check_address(address)
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except ConnectionError as e:
+            raise UserError(f"--address {address}: could not connect to Ray ({e})") from None
+        return True
+    ray.init(include_dashboard=False, log_to_driver=False)
+    return True
+
+
+def _run_config(exp_uri: str, name: str, spec: Spec):
+    from ray import tune
+
+    return tune.RunConfig(
+        name=name,
+        storage_path=f"{exp_uri}/ray",
+        failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        verbose=0,
+        callbacks=[ProgressCallback(name)],
+    )
+
+
+def _trainable(spec: Spec):
+    from ray import tune
+
+    from .trainable import metasweep_trainable
+
+    return tune.with_resources(metasweep_trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+
+
+def _scheduler(spec: Spec):
+    if spec.scheduler.type != "asha":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    reports = math.ceil(spec.budget.meta_steps / spec.budget.report_every)
+    return ASHAScheduler(time_attr="training_iteration", max_t=reports + 1, grace_period=spec.scheduler.grace_period,
+                         reduction_factor=spec.scheduler.reduction_factor)
+
+
+def ProgressCallback(stage_name: str):
+    from .progress import TrialProgress
+
+    return TrialProgress(stage_name)
+
+
+def _fit(tuner, expected: int, name: str):
+    grid = tuner.fit()
+    ended = sum(1 for r in grid if r.metrics and r.metrics.get("done_rows")) + grid.num_errors
+    stopped = sum(1 for r in grid if r.metrics and not r.metrics.get("done_rows") and r.error is None)
+    if len(grid) < expected or ended + stopped < expected:
+        raise Interrupted(name)
+    return grid
+
+
+def _tuner(exp_uri: str, name: str, make):
+    """Restore a stage's Tuner if Ray saved one (resume), else make a new one."""
+    from ray import tune
+
+    path = f"{exp_uri}/ray/{name}"
+    if tune.Tuner.can_restore(path):
+        console.print(f"[bold]{name}[/]: resuming from {path}")
+        return make(path)
+    return make(None)
+
+
+# --------------------------------------------------------------------------------------- stages
+
+
+def _meta(spec: Spec, exp_uri: str, spec_hash: str, stage: str, cell: Cell) -> dict:
+    return {"experiment": spec.experiment, "stage": stage, "variant": cell.variant, "results_uri": exp_uri,
+            "spec_hash": spec_hash, "cpus": spec.resources.cpu}
+
+
+def run_tune_cell(spec: Spec, exp_uri: str, spec_hash: str, cell: Cell) -> None:
+    import optuna
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+
+    name = f"tune-{cell.name}"
+    space = search_space(spec, cell.variant)
+    base = tune_trial_base(spec, cell).to_dict()
+
+    define_by_run = DefineByRun({k: (r.low, r.high, r.log) for k, r in space.items()})
+
+    def make(restore_path):
+        if restore_path:
+            return tune.Tuner.restore(restore_path, trainable=_trainable(spec), resume_errored=True)
+        storage = optuna_storage(exp_uri)
+        searcher = OptunaSearch(define_by_run, metric="val_loss", mode="min",
+                                sampler=optuna.samplers.TPESampler(seed=spec.search.sampler_seed),
+                                study_name=f"{spec.experiment}.{cell.name}", storage=storage)
+        return tune.Tuner(
+            _trainable(spec),
+            param_space={"trial": base, "meta": _meta(spec, exp_uri, spec_hash, "tune", cell)},
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=_scheduler(spec), metric="val_loss",
+                                        mode="min", num_samples=spec.search.trials_per_variant,
+                                        max_concurrent_trials=spec.max_concurrent, reuse_actors=True),
+            run_config=_run_config(exp_uri, name, spec),
+        )
+
+    console.print(f"[bold]{name}[/]: Optuna over {', '.join(space)} "
+                  f"({spec.search.trials_per_variant} trials, meta-validation tasks)")
+    _fit(_tuner(exp_uri, name, make), spec.search.trials_per_variant, name)
+
+
+class DefineByRun:
+    """Optuna's define-by-run search space (a module-level class: Tune pickles the searcher)."""
+
+    def __init__(self, space: dict[str, tuple[float, float, bool]]):
+        self.space = space
+
+    def __call__(self, trial):
+        for key, (low, high, log) in self.space.items():
+            trial.suggest_float(key, low, high, log=log)
+
+
+def optuna_storage(exp_uri: str):
+    """A persistent Optuna study (sqlite next to the results when local, else in ~/.metasweep), so the
+    study survives a restart and optuna-dashboard can open it."""
+    import optuna
+
+    if is_local(exp_uri):
+        os.makedirs(exp_uri, exist_ok=True)
+        path = os.path.join(exp_uri, "optuna.db")
+    else:
+        folder = os.path.expanduser("~/.metasweep/optuna")
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, exp_uri.replace("://", "_").replace("/", "_") + ".db")
+    return optuna.storages.RDBStorage(f"sqlite:///{path}")
+
+
+def best_configs(spec: Spec, exp_uri: str) -> dict[str, dict]:
+    """Each cell's best tune trial by final meta-validation loss (completed trials only; ASHA-stopped
+    ones did not get the full budget). Cells without a usable trial fall back to the defaults."""
+    import pyarrow.compute as pc
+
+    trials = read_dataset(exp_uri)["trials"]
+    out = {}
+    for cell in cells(spec):
+        sel = trials.filter(pc.and_(pc.and_(pc.equal(trials["stage"], "tune"), pc.equal(trials["variant"], cell.variant)),
+                                    pc.and_(pc.equal(trials["train_shots"], cell.shots),
+                                            pc.equal(trials["status"], "completed"))))
+        rows = [r for r in sel.to_pylist() if r["final_val_loss"] is not None and math.isfinite(r["final_val_loss"])]
+        if not rows:
+            continue
+        best = min(rows, key=lambda r: r["final_val_loss"])
+        hp = {k: best[k] for k in search_space(spec, cell.variant)}
+        out[cell.name] = {**hp, "_val_loss": best["final_val_loss"], "_trial_id": best["trial_id"]}
+    return out
+
+
+def run_grid_stage(spec: Spec, exp_uri: str, spec_hash: str, stage: str, configs) -> None:
+    from ray import tune
+
+    name = stage
+    points = [{"trial": cfg.to_dict(), "meta": _meta(spec, exp_uri, spec_hash, stage, cell)} for cell, cfg in configs]
+
+    def make(restore_path):
+        if restore_path:
+            return tune.Tuner.restore(restore_path, trainable=_trainable(spec), resume_errored=True)
+        return tune.Tuner(
+            _trainable(spec),
+            param_space={"point": tune.grid_search(points)},
+            tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent, reuse_actors=True),
+            run_config=_run_config(exp_uri, name, spec),
+        )
+
+    console.print(f"[bold]{name}[/]: {len(points)} trials")
+    _fit(_tuner(exp_uri, name, make), len(points), name)
+
+
+def finalize_running_rows(exp_uri: str, stage: str) -> int:
+    """After a stage ends: a trial whose latest row is still 'running' was stopped by the scheduler
+    (ASHA) after a report - its curve is a result with status stopped_early."""
+    trials = read_raw(exp_uri, "trials")
+    fixed = 0
+    latest = {}
+    for r in trials.to_pylist():
+        if r["stage"] == stage and (r["trial_id"] not in latest or r["attempt"] > latest[r["trial_id"]]["attempt"]):
+            latest[r["trial_id"]] = r
+    for r in latest.values():
+        if r["status"] == "running":
+            r["status"] = "stopped_early"
+            write_table(exp_uri, "trials", {k: [v] for k, v in r.items()}, r["trial_id"], r["attempt"])
+            fixed += 1
+    return fixed
+
+
+# --------------------------------------------------------------------------------------- entry points
+
+
+def prepare(spec_path: str, storage: str | None) -> tuple[Spec, str, str]:
+    spec, text, spec_hash = load_spec(spec_path)
+    exp_uri = experiment_uri(storage or spec.storage, spec.experiment)
+    existing = read_text(exp_uri, "spec.yaml")
+    if existing is not None and existing != text:
+        raise UserError(f"experiment {exp_uri} already exists with a different spec; rename the experiment "
+                        f"or continue it with: metasweep resume {exp_uri}")
+    write_text(exp_uri, "spec.yaml", text)
+    return spec, exp_uri, spec_hash
+
+
+def run_experiment(spec: Spec, exp_uri: str, spec_hash: str, stage: str = "all") -> dict:
+    manifest = read_manifest(exp_uri)
+    manifest.setdefault("cells", {})
+    t0 = time.perf_counter()
+    if spec.mode == "grid":
+        if not manifest["cells"].get("grid"):
+            run_grid_stage(spec, exp_uri, spec_hash, "grid", grid_trial_configs(spec))
+            finalize_running_rows(exp_uri, "grid")
+            manifest["cells"]["grid"] = "done"
+            write_manifest(exp_uri, manifest)
+        return manifest
+    if stage in ("tune", "all"):
+        for cell in cells(spec):
+            key = f"tune-{cell.name}"
+            if manifest["cells"].get(key) == "done":
+                continue
+            run_tune_cell(spec, exp_uri, spec_hash, cell)
+            finalize_running_rows(exp_uri, "tune")
+            manifest["cells"][key] = "done"
+            write_manifest(exp_uri, manifest)
+        manifest["best"] = best_configs(spec, exp_uri)
+        write_manifest(exp_uri, manifest)
+        print_best(spec, manifest["best"])
+    if stage in ("test", "all"):
+        if not manifest["cells"].get("test"):
+            best = manifest.get("best") or {}
+            if stage == "test" and not best and any(k.startswith("tune-") for k in manifest["cells"]):
+                best = best_configs(spec, exp_uri)
+            if not best:
+                console.print("test: no tune results; every variant uses the spec's defaults "
+                              f"(alpha={spec.defaults.alpha}, beta={spec.defaults.beta}, c={spec.defaults.temperature})")
+            clean = {k: {h: v for h, v in hp.items() if not h.startswith("_")} for k, hp in best.items()}
+            run_grid_stage(spec, exp_uri, spec_hash, "test", test_trial_configs(spec, clean))
+            finalize_running_rows(exp_uri, "test")
+            manifest["cells"]["test"] = "done"
+            write_manifest(exp_uri, manifest)
+    manifest["wall_seconds"] = manifest.get("wall_seconds", 0) + time.perf_counter() - t0
+    write_manifest(exp_uri, manifest)
+    return manifest
+
+
+def print_best(spec: Spec, best: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title="tune stage: best configuration per variant (meta-validation loss)")
+    for c in ("variant", "train shots", "alpha", "beta", "temperature", "val loss"):
+        table.add_column(c, justify="right")
+    for cell in cells(spec):
+        b = best.get(cell.name)
+        if b is None:
+            table.add_row(cell.variant, str(cell.shots), "-", "-", "-", "no completed trial")
+            continue
+        fmt = lambda k: f"{b[k]:.3g}" if k in b else "-"  # noqa: E731
+        table.add_row(cell.variant, str(cell.shots), fmt("alpha"), fmt("beta"), fmt("temperature"),
+                      f"{b['_val_loss']:.4f}")
+    Console().print(table)
+
+
+def sweep(spec_path: str, address: str | None = None, storage: str | None = None, stage: str = "all") -> str:
+    import ray
+
+    spec, exp_uri, spec_hash = prepare(spec_path, storage)
+    console.print(f"experiment [bold]{spec.experiment}[/] → {exp_uri}")
+    started = init_ray(address)
+    try:
+        run_experiment(spec, exp_uri, spec_hash, stage)
+    finally:
+        if started:
+            ray.shutdown()
+    return exp_uri
+
+
+def resume(exp_uri: str, address: str | None = None, stage: str = "all") -> str:
+    import ray
+
+    if "://" not in exp_uri:
+        exp_uri = os.path.abspath(exp_uri)
+    text = read_text(exp_uri, "spec.yaml")
+    if text is None:
+        raise UserError(f"{exp_uri}: not an experiment folder (no spec.yaml); start one with metasweep sweep SPEC")
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        f.write(text)
+    spec, _, spec_hash = load_spec(f.name)
+    os.unlink(f.name)
+    console.print(f"resuming experiment [bold]{spec.experiment}[/] at {exp_uri}")
+    started = init_ray(address)
+    try:
+        run_experiment(spec, exp_uri, spec_hash, stage)
+    finally:
+        if started:
+            ray.shutdown()
+    return exp_uri
