@@ -61,6 +61,37 @@ def _connect(exp_uri: str) -> duckdb.DuckDBPyConnection:
     return con
 
 
+HP_COLUMNS = ("alpha", "beta", "temperature", "inner_steps", "meta_batch", "meta_steps")
+
+
+def _register_labels(con: duckdb.DuckDBPyConnection, stage: str) -> None:
+    """Row label of each trial: the variant, plus the hyper-parameters that vary among that variant's
+    trials of the stage (a grid over alpha gives rows `maml alpha=0.01`, `maml alpha=0.1`); seeds of
+    one configuration share a row."""
+    import pyarrow as pa
+
+    import json
+
+    trials = []
+    for tid, variant, cfg, *cols in con.execute(
+            f"select trial_id, variant, config, {', '.join(HP_COLUMNS)} from trials where stage = ?", [stage]).fetchall():
+        conf = json.loads(cfg) if cfg else {}
+        # the configured budget, not the steps done (a diverged trial stops early)
+        trials.append((tid, variant, *(conf.get(h, c) for h, c in zip(HP_COLUMNS, cols))))
+    varying: dict[str, list[int]] = {}
+    by_variant: dict[str, list[tuple]] = {}
+    for t in trials:
+        by_variant.setdefault(t[1], []).append(t[2:])
+    for v, hps in by_variant.items():
+        varying[v] = [i for i in range(len(HP_COLUMNS)) if len({h[i] for h in hps}) > 1]
+    ids, labels = [], []
+    for t in trials:
+        parts = [t[1]] + [f"{HP_COLUMNS[i]}={t[2 + i]:.3g}" for i in varying[t[1]]]
+        ids.append(t[0])
+        labels.append(" ".join(parts))
+    con.register("labels", pa.table({"trial_id": ids, "label": labels}))
+
+
 def compute_ranking(exp_uri: str, *, metric: str = "loss", stage: str | None = None, inner_steps: int | None = None,
                     baseline: str | None = "maml", con: duckdb.DuckDBPyConnection | None = None) -> Ranking:
     if metric not in ("loss", "accuracy"):
@@ -74,8 +105,9 @@ def compute_ranking(exp_uri: str, *, metric: str = "loss", stage: str | None = N
     if stage not in stages:
         raise ValueError(f"{exp_uri}: no trials of stage {stage!r}; stages present: {', '.join(stages)}")
     counts: dict[str, dict[str, int]] = {}
-    for v, s, n in con.execute("select variant, status, count(*) from trials where stage = ? group by all",
-                               [stage]).fetchall():
+    _register_labels(con, stage)
+    for v, s, n in con.execute("select l.label, t.status, count(*) from trials t join labels l using (trial_id) "
+                               "where t.stage = ? group by all", [stage]).fetchall():
         counts.setdefault(v, {})[s] = n
     steps_avail = sorted(r[0] for r in con.execute(
         "select distinct e.inner_steps from eval_tasks e join trials t using (trial_id, attempt) "
@@ -87,11 +119,12 @@ def compute_ranking(exp_uri: str, *, metric: str = "loss", stage: str | None = N
         inner_steps = positive[0] if positive else steps_avail[0]
     elif inner_steps not in steps_avail:
         raise ValueError(f"inner steps {inner_steps} were not evaluated; available: {steps_avail}")
+    _register_labels(con, stage)
     rows = con.execute(
-        f"""select t.variant, t.train_shots, e.shots, t.seed, e.task_index, avg(e.{metric}) as v
-            from eval_tasks e join trials t using (trial_id, attempt)
+        f"""select l.label as variant, t.train_shots, e.shots, t.seed, e.task_index, avg(e.{metric}) as v
+            from eval_tasks e join trials t using (trial_id, attempt) join labels l using (trial_id)
             where t.stage = ? and t.status = 'completed' and e.inner_steps = ?
-            group by all order by t.variant, t.train_shots, e.shots, t.seed, e.task_index""",
+            group by all order by l.label, t.train_shots, e.shots, t.seed, e.task_index""",
         [stage, inner_steps]).fetchnumpy()
     if metric == "accuracy" and np.isnan(rows["v"]).all():
         raise ValueError("this dataset has no accuracy (regression tasks): use --metric loss")

@@ -15,7 +15,7 @@ from metasweep.analysis.store import read_dataset, read_raw, write_table
 
 from .errors import UserError
 from .experiment import experiment_uri, is_local, read_manifest, read_text, write_manifest, write_text
-from .plan import Cell, cells, grid_trial_configs, search_space, test_trial_configs, tune_trial_base
+from .plan import Cell, cells, grid_trial_configs, search_space, test_stage_configs, tune_trial_base
 from .spec import Spec, load_spec
 
 console = Console(stderr=True)
@@ -57,6 +57,7 @@ def init_ray(address: str | None) -> bool:
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our own one-line-per-trial progress instead
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # results live in our Parquet dataset
     logging.getLogger("ray.tune").setLevel(logging.WARNING)
     if address:
         check_address(address)
@@ -295,7 +296,7 @@ def run_experiment(spec: Spec, exp_uri: str, spec_hash: str, stage: str = "all")
                 console.print("test: no tune results; every variant uses the spec's defaults "
                               f"(alpha={spec.defaults.alpha}, beta={spec.defaults.beta}, c={spec.defaults.temperature})")
             clean = {k: {h: v for h, v in hp.items() if not h.startswith("_")} for k, hp in best.items()}
-            run_grid_stage(spec, exp_uri, spec_hash, "test", test_trial_configs(spec, clean))
+            run_grid_stage(spec, exp_uri, spec_hash, "test", test_stage_configs(spec, clean))
             finalize_running_rows(exp_uri, "test")
             manifest["cells"]["test"] = "done"
             write_manifest(exp_uri, manifest)
@@ -324,9 +325,11 @@ def print_best(spec: Spec, best: dict) -> None:
 def sweep(spec_path: str, address: str | None = None, storage: str | None = None, stage: str = "all") -> str:
     import ray
 
+    if address:
+        check_address(address)
     spec, exp_uri, spec_hash = prepare(spec_path, storage)
-    console.print(f"experiment [bold]{spec.experiment}[/] → {exp_uri}")
     started = init_ray(address)
+    console.print(f"experiment [bold]{spec.experiment}[/] → {exp_uri}")
     try:
         run_experiment(spec, exp_uri, spec_hash, stage)
     finally:

@@ -191,7 +191,8 @@ class Resources(Strict):
     gpu: float = Field(0.0, ge=0)
 
 
-GRID_FIELDS = ("alpha", "beta", "temperature", "meta_batch", "inner_steps", "meta_steps", "mask_eval")
+GRID_FIELDS = {"alpha": float, "beta": float, "temperature": float, "meta_batch": int, "inner_steps": int,
+               "meta_steps": int, "mask_eval": str}
 
 
 class Spec(Strict):
@@ -241,12 +242,30 @@ class Spec(Strict):
     @field_validator("grid")
     @classmethod
     def _grid(cls, v):
+        """Values are typed per field (YAML 1.1 reads `1.0e25` as a string: it becomes a float here)."""
+        from pydantic import TypeAdapter
+
+        out = {}
         for key, values in v.items():
             if key not in GRID_FIELDS:
                 raise ValueError(f"cannot grid over {key!r}; allowed: {', '.join(GRID_FIELDS)}")
             if not values:
                 raise ValueError(f"{key}: list at least one value")
-        return v
+            kind = GRID_FIELDS[key]
+            typed = []
+            for x in values:
+                try:
+                    typed.append(TypeAdapter(kind).validate_python(x, strict=False))
+                except ValidationError:
+                    raise ValueError(f"{key}: {x!r} is not a valid {kind.__name__}") from None
+            if kind is float and any(not (x > 0 and math.isfinite(x)) for x in typed):
+                raise ValueError(f"{key}: values must be positive finite numbers (got {values})")
+            if kind is int and any(x < 1 for x in typed):
+                raise ValueError(f"{key}: values must be integers >= 1 (got {values})")
+            if key == "mask_eval" and any(x not in ("sample", "threshold") for x in typed):
+                raise ValueError(f"mask_eval: values must be sample or threshold (got {values})")
+            out[key] = typed
+        return out
 
     @model_validator(mode="after")
     def _consistent(self):

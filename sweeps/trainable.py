@@ -9,6 +9,7 @@ storage, so nodes need no shared local disk). Rows of each report are committed 
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
@@ -33,6 +34,15 @@ def metrics_of(row: dict) -> dict:
     return out
 
 
+def node_name() -> str:
+    """host/ray-node-id: several Ray nodes can share one host (tests, multi-GPU machines)."""
+    import socket
+
+    import ray
+
+    return f"{socket.gethostname()}/{ray.get_runtime_context().get_node_id()[:12]}"
+
+
 def metasweep_trainable(config: dict) -> None:
     if "point" in config:  # a grid point (test / grid stages)
         config = {**config["point"], **{k: v for k, v in config.items() if k != "point"}}
@@ -55,6 +65,7 @@ def metasweep_trainable(config: dict) -> None:
             state = load_state(build_setup(cfg), os.path.join(d, STATE_FILE))
         attempt = int(state.extra.get("attempt", 0)) + 1
     started = utc_now()
+    config_json = json.dumps(cfg.to_dict(), sort_keys=True)
 
     def on_report(st, row):
         st.extra["attempt"] = attempt
@@ -65,7 +76,7 @@ def metasweep_trainable(config: dict) -> None:
             "meta_batch": cfg.meta_batch, "status": "running", "meta_steps": st.step,
             "wall_seconds": st.extra.get("wall_seconds"), "final_val_loss": row["val_loss"],
             "spec_hash": meta["spec_hash"], "started_at": started, "ended_at": utc_now(),
-            "config": None,
+            "config": config_json, "node": node_name(),
         }
         write_trial(uri, partial, curve_columns(st.curves), {})
         with tempfile.TemporaryDirectory() as d:
@@ -75,6 +86,7 @@ def metasweep_trainable(config: dict) -> None:
     result = run_trial(cfg, trial_id=trial_id, experiment=meta["experiment"], stage=meta["stage"],
                        attempt=attempt, spec_hash=meta["spec_hash"], state=state, on_report=on_report)
     result.trial_row["variant"] = meta["variant"]  # the spec's name (a preset, or a named override)
+    result.trial_row["node"] = node_name()
     write_trial(uri, result.trial_row, result.curves, result.eval_tasks)
     final = {"status": result.status, "done_rows": True}
     if result.trial_row["final_val_loss"] is not None:

@@ -113,6 +113,16 @@ def now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
+def _errored(cfg, error, trial_id, experiment, stage, attempt, spec_hash, started) -> "TrialResult":
+    row = {"experiment": experiment, "stage": stage, "trial_id": trial_id, "attempt": attempt,
+           "variant": cfg.variant, "task_family": cfg.task, "train_shots": cfg.train_shots, "seed": cfg.seed,
+           "alpha": cfg.alpha, "beta": cfg.beta, "config": json.dumps(cfg.to_dict(), sort_keys=True, default=str),
+           "status": "errored", "error": error, "meta_steps": 0, "node": socket.gethostname(),
+           "package_version": package_version(), "git_sha": git_sha(), "spec_hash": spec_hash,
+           "started_at": started, "ended_at": now()}
+    return TrialResult("errored", row, curve_columns([]), {}, [])
+
+
 @dataclass
 class TrialResult:
     status: str
@@ -136,11 +146,14 @@ def run_trial(cfg: TrialConfig, *, trial_id: str, experiment: str = "train", sta
     exception inside training is status "errored" with its message - both are results."""
     started = now()
     t0 = time.perf_counter()
-    setup = build_setup(cfg)
+    error = ""
+    try:
+        setup = build_setup(cfg)
+    except Exception as e:  # a configuration the core refuses: an errored result with its reason
+        return _errored(cfg, f"{type(e).__name__}: {e}", trial_id, experiment, stage, attempt, spec_hash, started)
     torch.manual_seed(cfg.seed)
     if state is None:
         state = init_state(setup, cfg.seed)
-    error = ""
     try:
         status = train(setup, state, cfg.meta_steps, report_every=cfg.report_every, val_tasks=cfg.val_tasks,
                        val_seed=cfg.val_seed, on_report=on_report)

@@ -1,0 +1,107 @@
+"""Spec files: every mistake is one clear error naming the file, the field and what is allowed."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from metasweep.sweeps.errors import UserError
+from metasweep.sweeps.plan import cells, grid_trial_configs, search_space, test_stage_configs, tune_trial_base
+from metasweep.sweeps.spec import load_spec
+
+SHIPPED = sorted((Path(__file__).parents[1] / "sweeps" / "specs").glob("*.yaml"))
+OK = "experiment: x\nvariants: [maml]\n"
+
+MALFORMED = [
+    ("experiment: x\nvariants: [maml]\nbudgt: {meta_steps: 10}\n", "field budgt: unknown field"),
+    ("experiment: x\nvariants: [maml]\nbudget: {meta_step: 10}\n", "field budget.meta_step: unknown field"),
+    ("variants: [maml]\n", "field experiment: required field is missing"),
+    ("experiment: x\n", "field variants: required field is missing"),
+    ("experiment: x\nvariants: []\n", "field variants: list at least one variant"),
+    ("experiment: x\nvariants: [mamll]\n", "field variants[0].preset: unknown preset 'mamll'"),
+    ("experiment: x\nvariants: [maml, maml]\n", "field variants: variant names must be unique"),
+    ("experiment: x\nvariants: [{name: r, preset: reptile, switches: {transform: true}}]\n",
+     "field variants[0].switches: variant 'reptile': outer=reptile"),
+    ("experiment: x\nvariants: [{name: a, preset: maml, switches: {colour: red}}]\n", "unknown switch(es) colour"),
+    (OK + "search:\n  alpha: {low: -0.01, high: 1}\n", "field search.alpha.low: must be > 0"),
+    (OK + "search:\n  beta: {low: 0.1, high: 0.01}\n", "field search.beta.high: must be > low (0.1)"),
+    (OK + "search: {trials_per_variant: 0}\n", "field search.trials_per_variant: Input should be greater than or equal to 1"),
+    (OK + "search: {overrides: {t-net: {alpha: {low: 0.1, high: 1}}}}\n", "search.overrides names variants not in the spec: t-net"),
+    (OK + "budget: {meta_steps: 10, report_every: 100}\n", "field budget: report_every (100) must be <= meta_steps (10)"),
+    (OK + "budget: {meta_steps: ten}\n", "field budget.meta_steps: Input should be a valid integer"),
+    (OK + "eval: {shots: [0, 5]}\n", "field eval.shots: must be a non-empty list of integers >= 1"),
+    (OK + "eval: {mask_eval: argmax}\n", "field eval.mask_eval: Input should be 'sample' or 'threshold'"),
+    (OK + "task: {family: omniglot2}\n", "field task.family: Input should be 'sine' or 'polynomial'"),
+    (OK + "task: {family: sine, options: {frequencyy: 1}}\n", "field task.options: unknown option 'frequencyy'"),
+    (OK + "scheduler: {type: hyperband}\n", "field scheduler.type: Input should be 'none' or 'asha'"),
+    (OK + "resources: {cpu: 0}\n", "field resources.cpu: Input should be greater than 0"),
+    (OK + "test: {seeds: [1, 1]}\n", "field test.seeds: must be a non-empty list of distinct integers"),
+    (OK + "mode: grid\n", "mode grid needs a 'grid' mapping"),
+    (OK + "mode: grid\ngrid: {lr: [0.1]}\n", "field grid: cannot grid over 'lr'"),
+    (OK + "mode: grid\ngrid: {alpha: [0.1, -1]}\n", "field grid: alpha: values must be positive finite numbers"),
+    (OK + "grid: {alpha: [0.1]}\n", "'grid' only applies with mode: grid"),
+    ("experiment: has space\nvariants: [maml]\n", "field experiment: String should match pattern"),
+    ("experiment: x\nvariants: [maml\n", "not valid YAML at line"),
+    ("- just\n- a list\n", "expected a mapping of fields at the top level"),
+    (OK + "model: {hidden: []}\n", "field model.hidden: hidden sizes must be a non-empty list"),
+]
+
+
+@pytest.mark.parametrize("text, words", MALFORMED, ids=[w[:40] for _, w in MALFORMED])
+def test_malformed_spec_is_one_clear_error(tmp_path, text, words):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError) as e:
+        load_spec(path)
+    message = str(e.value)
+    assert message.startswith(f"spec {path}")
+    assert words in message
+
+
+def test_cli_reports_a_bad_spec_with_exit_code_2_and_no_traceback(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(OK + "search:\n  alpha: {low: -0.01, high: 1}\n")
+    r = subprocess.run([sys.executable, "-m", "metasweep.sweeps.cli", "sweep", str(path)], capture_output=True,
+                       text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 2
+    assert r.stderr.startswith(f"error: spec {path}, field search.alpha.low: must be > 0")
+    assert "Traceback" not in r.stderr and not (tmp_path / "results").exists()
+
+
+def test_missing_spec_file(tmp_path):
+    with pytest.raises(UserError, match="no such file"):
+        load_spec(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_shipped_specs_are_valid(path):
+    spec, _, _ = load_spec(path)
+    assert cells(spec)
+
+
+def test_plan_searches_temperature_only_for_masked_variants(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("experiment: x\nvariants: [maml, mt-net, {name: mfo, preset: m-net, switches: {order: first}}]\n"
+                    "search: {overrides: {maml: {alpha: {low: 0.5, high: 2.0}}}}\ntest: {seeds: [0, 1, 2]}\n")
+    spec, _, _ = load_spec(path)
+    assert set(search_space(spec, "maml")) == {"alpha", "beta"}
+    assert search_space(spec, "maml")["alpha"].low == 0.5
+    assert set(search_space(spec, "mt-net")) == {"alpha", "beta", "temperature"}
+    assert set(search_space(spec, "mfo")) == {"alpha", "beta", "temperature"}
+    c = cells(spec)[0]
+    assert tune_trial_base(spec, c).eval_split == "val"  # never tune on test tasks
+    tests = test_stage_configs(spec, {"maml-k10": {"alpha": 0.7}})
+    assert len(tests) == 9 and {t.eval_split for _, t in tests} == {"test"}
+    assert [t.alpha for cell, t in tests if cell.variant == "maml"] == [0.7] * 3
+    assert tests[-1][1].variant == "m-net" and tests[-1][1].variant_overrides == {"order": "first"}
+
+
+def test_grid_is_the_product_of_its_fields(tmp_path):
+    path = tmp_path / "g.yaml"
+    path.write_text("experiment: g\nmode: grid\nvariants: [maml, t-net]\ngrid: {alpha: [1.0e-4, 0.1, 10], "
+                    "inner_steps: [1, 2]}\ntest: {seeds: [0, 1]}\n")
+    spec, _, _ = load_spec(path)
+    configs = grid_trial_configs(spec)
+    assert len(configs) == 2 * 3 * 2 * 2
+    assert {t.alpha for _, t in configs} == {1e-4, 0.1, 10.0}  # '1.0e-4' is a float, not YAML 1.1's string

@@ -1,0 +1,95 @@
+"""Real sweeps on a real local Ray, as a user runs them (the CLI in a subprocess)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pytest
+
+from metasweep.analysis.store import read_dataset
+
+SPECS = Path(__file__).parent / "specs"
+
+
+def metasweep(*args, cwd, timeout=600):
+    return subprocess.run([sys.executable, "-m", "metasweep.sweeps.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=timeout)
+
+
+def test_quickstart_shaped_sweep_writes_every_row_and_prints_a_ranking(tmp_path):
+    r = metasweep("sweep", str(SPECS / "tiny.yaml"), "--storage", str(tmp_path / "res"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    exp = tmp_path / "res" / "tiny"
+    ds = read_dataset(str(exp))
+    trials = ds["trials"]
+    stages = trials.column("stage").to_pylist()
+    assert stages.count("tune") == 3 * 2 and stages.count("test") == 3 * 2
+    assert set(trials.column("status").to_pylist()) == {"completed"}
+    assert trials.column("attempt").to_pylist() == [0] * 12
+    # curves: one row per report (20 steps / 10) per trial
+    assert ds["curves"].num_rows == 12 * 2
+    # eval rows: tasks x shots x steps per trial; tune trials on val tasks, test trials on test tasks
+    assert ds["eval_tasks"].num_rows == 12 * 20 * 2 * 2
+    splits = dict(zip(*pc.value_counts(ds["eval_tasks"]["split"]).flatten()))
+    assert {k.as_py(): v.as_py() for k, v in zip(*pc.value_counts(ds["eval_tasks"]["split"]).flatten())} == \
+        {"val": 6 * 80, "test": 6 * 80}
+    del splits
+    # the test stage retrains each variant's best tune configuration
+    test_rows = [t for t in trials.to_pylist() if t["stage"] == "test"]
+    tune_rows = [t for t in trials.to_pylist() if t["stage"] == "tune"]
+    for v in ("maml", "t-net", "mt-net"):
+        best = min((t for t in tune_rows if t["variant"] == v), key=lambda t: t["final_val_loss"])
+        for t in (t for t in test_rows if t["variant"] == v):
+            assert (t["alpha"], t["beta"]) == (best["alpha"], best["beta"])
+        assert sorted(t["seed"] for t in test_rows if t["variant"] == v) == [0, 1]
+    # the temperature is searched for the masked variant only
+    assert {t["temperature"] is None for t in tune_rows if t["variant"] != "mt-net"} == {True}
+    assert all(0.5 <= t["temperature"] <= 2.0 for t in tune_rows if t["variant"] == "mt-net")
+    assert "ranking: loss (stage test" in r.stdout and "paired tests against maml" in r.stdout
+    assert (exp / "optuna.db").exists() and (exp / "spec.yaml").exists()
+    st = metasweep("status", str(exp), cwd=tmp_path)
+    assert st.returncode == 0 and "stages done: test, tune-maml-k10, tune-mt-net-k10, tune-t-net-k10" in st.stdout
+
+
+def test_diverging_configuration_is_a_result_and_the_others_complete(tmp_path):
+    spec = tmp_path / "div.yaml"
+    spec.write_text("""
+experiment: div
+mode: grid
+variants: [maml]
+budget: {meta_steps: 20, report_every: 10, meta_batch: 5}
+eval: {shots: [5], inner_steps: [1], tasks: 10, val_tasks: 5}
+grid: {alpha: [0.01, 1.0e25]}
+test: {seeds: [0]}
+storage: res
+""")
+    r = metasweep("sweep", str(spec), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    trials = read_dataset(str(tmp_path / "res" / "div"))["trials"].to_pylist()
+    by_alpha = {t["alpha"]: t["status"] for t in trials}
+    assert by_alpha == {0.01: "completed", 1.0e25: "diverged"}
+    assert "diverged" in r.stdout  # the ranking notes it instead of averaging it in
+
+
+def test_unreachable_address_is_one_clear_line(tmp_path):
+    r = metasweep("sweep", str(SPECS / "tiny.yaml"), "--address", "127.0.0.1:1", "--storage", str(tmp_path),
+                  cwd=tmp_path, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        r.stderr.strip().splitlines()[0]] and "--address 127.0.0.1:1: no Ray cluster reachable" in r.stderr
+
+
+def test_missing_storage_path_is_one_clear_line(tmp_path):
+    r = metasweep("sweep", str(SPECS / "tiny.yaml"), "--storage", str(tmp_path / "no" / "such" / "dir"),
+                  cwd=tmp_path, timeout=60)
+    assert r.returncode == 2
+    assert "folder does not exist" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_rerunning_a_different_spec_into_the_same_experiment_is_refused(tmp_path):
+    (tmp_path / "res" / "tiny").mkdir(parents=True)
+    (tmp_path / "res" / "tiny" / "spec.yaml").write_text("experiment: tiny\nvariants: [maml]\n")
+    r = metasweep("sweep", str(SPECS / "tiny.yaml"), "--storage", str(tmp_path / "res"), cwd=tmp_path, timeout=60)
+    assert r.returncode == 2 and "already exists with a different spec" in r.stderr
