@@ -70,7 +70,7 @@ def tune_trial_base(spec: Spec, cell: Cell) -> TrialConfig:
     return trial_config(spec, cell, split="val", seed=spec.search.seed)
 
 
-def test_stage_configs(spec: Spec, best: dict[str, dict]) -> list[tuple[Cell, TrialConfig]]:
+def stage_test_configs(spec: Spec, best: dict[str, dict]) -> list[tuple[Cell, TrialConfig]]:
     """Every cell's best hyper-parameters (from the tune stage, or the spec's defaults) on every seed."""
     out = []
     for cell in cells(spec):

@@ -15,7 +15,7 @@ from metasweep.analysis.store import read_dataset, read_raw, write_table
 
 from .errors import UserError
 from .experiment import experiment_uri, is_local, read_manifest, read_text, write_manifest, write_text
-from .plan import Cell, cells, grid_trial_configs, search_space, test_stage_configs, tune_trial_base
+from .plan import Cell, cells, grid_trial_configs, search_space, stage_test_configs, tune_trial_base
 from .spec import Spec, load_spec
 
 console = Console(stderr=True)
@@ -296,7 +296,7 @@ def run_experiment(spec: Spec, exp_uri: str, spec_hash: str, stage: str = "all")
                 console.print("test: no tune results; every variant uses the spec's defaults "
                               f"(alpha={spec.defaults.alpha}, beta={spec.defaults.beta}, c={spec.defaults.temperature})")
             clean = {k: {h: v for h, v in hp.items() if not h.startswith("_")} for k, hp in best.items()}
-            run_grid_stage(spec, exp_uri, spec_hash, "test", test_stage_configs(spec, clean))
+            run_grid_stage(spec, exp_uri, spec_hash, "test", stage_test_configs(spec, clean))
             finalize_running_rows(exp_uri, "test")
             manifest["cells"]["test"] = "done"
             write_manifest(exp_uri, manifest)

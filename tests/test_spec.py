@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from metasweep.sweeps.errors import UserError
-from metasweep.sweeps.plan import cells, grid_trial_configs, search_space, test_stage_configs, tune_trial_base
+from metasweep.sweeps.plan import cells, grid_trial_configs, search_space, stage_test_configs, tune_trial_base
 from metasweep.sweeps.spec import load_spec
 
 SHIPPED = sorted((Path(__file__).parents[1] / "sweeps" / "specs").glob("*.yaml"))
@@ -91,7 +91,7 @@ def test_plan_searches_temperature_only_for_masked_variants(tmp_path):
     assert set(search_space(spec, "mfo")) == {"alpha", "beta", "temperature"}
     c = cells(spec)[0]
     assert tune_trial_base(spec, c).eval_split == "val"  # never tune on test tasks
-    tests = test_stage_configs(spec, {"maml-k10": {"alpha": 0.7}})
+    tests = stage_test_configs(spec, {"maml-k10": {"alpha": 0.7}})
     assert len(tests) == 9 and {t.eval_split for _, t in tests} == {"test"}
     assert [t.alpha for cell, t in tests if cell.variant == "maml"] == [0.7] * 3
     assert tests[-1][1].variant == "m-net" and tests[-1][1].variant_overrides == {"order": "first"}
