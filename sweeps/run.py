@@ -116,7 +116,7 @@ def _fit(tuner, expected: int, name: str):
     return grid
 
 
-def _tuner(exp_uri: str, name: str, make):
+def _tuner(exp_uri: str, name: str, make, stage: str, cell: Cell | None = None):
     """Restore a stage's Tuner if Ray saved one (resume), else make a new one."""
     from ray import tune
 
@@ -124,6 +124,7 @@ def _tuner(exp_uri: str, name: str, make):
     if tune.Tuner.can_restore(path):
         console.print(f"[bold]{name}[/]: resuming from {path}")
         return make(path)
+    quarantine_rows(exp_uri, stage, cell.variant if cell else None, cell.shots if cell else None)
     return make(None)
 
 
@@ -138,7 +139,6 @@ def _meta(spec: Spec, exp_uri: str, spec_hash: str, stage: str, cell: Cell) -> d
 def run_tune_cell(spec: Spec, exp_uri: str, spec_hash: str, cell: Cell) -> None:
     import optuna
     from ray import tune
-    from ray.tune.search.optuna import OptunaSearch
 
     name = f"tune-{cell.name}"
     space = search_space(spec, cell.variant)
@@ -150,7 +150,7 @@ def run_tune_cell(spec: Spec, exp_uri: str, spec_hash: str, cell: Cell) -> None:
         if restore_path:
             return tune.Tuner.restore(restore_path, trainable=_trainable(spec), resume_errored=True)
         storage = optuna_storage(exp_uri)
-        searcher = OptunaSearch(define_by_run, metric="val_loss", mode="min",
+        searcher = _resumable_optuna_search(space=define_by_run, metric="val_loss", mode="min",
                                 sampler=optuna.samplers.TPESampler(seed=spec.search.sampler_seed),
                                 study_name=f"{spec.experiment}.{cell.name}", storage=storage)
         return tune.Tuner(
@@ -164,7 +164,13 @@ def run_tune_cell(spec: Spec, exp_uri: str, spec_hash: str, cell: Cell) -> None:
 
     console.print(f"[bold]{name}[/]: Optuna over {', '.join(space)} "
                   f"({spec.search.trials_per_variant} trials, meta-validation tasks)")
-    _fit(_tuner(exp_uri, name, make), spec.search.trials_per_variant, name)
+    _fit(_tuner(exp_uri, name, make, "tune", cell), spec.search.trials_per_variant, name)
+
+
+def _resumable_optuna_search(**kwargs):
+    from .searcher import ResumableOptunaSearch
+
+    return ResumableOptunaSearch(**kwargs)
 
 
 class DefineByRun:
@@ -230,7 +236,7 @@ def run_grid_stage(spec: Spec, exp_uri: str, spec_hash: str, stage: str, configs
         )
 
     console.print(f"[bold]{name}[/]: {len(points)} trials")
-    _fit(_tuner(exp_uri, name, make), len(points), name)
+    _fit(_tuner(exp_uri, name, make, stage), len(points), name)
 
 
 def finalize_running_rows(exp_uri: str, stage: str) -> int:
@@ -360,3 +366,31 @@ def resume(exp_uri: str, address: str | None = None, stage: str = "all") -> str:
         if started:
             ray.shutdown()
     return exp_uri
+
+
+def quarantine_rows(exp_uri: str, stage: str, variant: str | None = None, shots: int | None = None) -> int:
+    """Before a stage cell starts afresh (no Ray state to restore: the driver died before Tune saved
+    any), move the rows an earlier, abandoned run of that cell wrote to `orphaned/` - kept on disk,
+    never read - so the restarted cell does not count twice."""
+    import pyarrow.fs as pafs
+
+    from metasweep.analysis.store import TABLES, resolve
+
+    trials = read_raw(exp_uri, "trials").to_pylist()
+    ids = {r["trial_id"] for r in trials if r["stage"] == stage and (variant is None or r["variant"] == variant)
+           and (shots is None or r["train_shots"] == shots)}
+    if not ids:
+        return 0
+    fs, root = resolve(exp_uri)
+    moved = 0
+    for table in TABLES:
+        folder = f"{root}/{table}"
+        if fs.get_file_info(folder).type != pafs.FileType.Directory:
+            continue
+        fs.create_dir(f"{root}/orphaned/{table}", recursive=True)
+        for info in fs.get_file_info(pafs.FileSelector(folder)):
+            if info.base_name.split("__a")[0] in ids:
+                fs.move(info.path, f"{root}/orphaned/{table}/{info.base_name}")
+                moved += 1
+    console.print(f"{stage}: set aside {len(ids)} trial(s) of an abandoned earlier run (see orphaned/)")
+    return moved
