@@ -247,6 +247,48 @@ def rank(
         sys.stdout.write(render(r, fmt))
 
 
+@app.command()
+def plot(
+    experiment: str = typer.Argument(..., help="experiment path"),
+    kind: str = typer.Option("curves", help="curves | alpha | mask-fraction | ranks"),
+    output: Path = typer.Option(..., "-o", "--output", help="PNG file to write"),
+    stage: Optional[str] = typer.Option(None, help="stage to plot (default: test if present)"),
+    metric: str = typer.Option("loss", help="loss | accuracy"),
+):
+    """Figures: learning curves with bands over seeds, loss vs alpha per variant (MT-net section 6.2),
+    fraction of updated weights per layer (MT-net Fig. 4), average ranks."""
+    from metasweep.analysis.plots import KINDS, make_plot
+    from metasweep.analysis.store import StoreError
+
+    if kind not in KINDS:
+        fail(f"--kind: must be one of {', '.join(KINDS)} (got {kind!r})")
+    if output.suffix.lower() != ".png":
+        fail(f"-o {output}: the figure is written as PNG; use a .png file name")
+    try:
+        make_plot(experiment, kind, str(output), stage=stage, metric=metric)
+    except (StoreError, ValueError) as e:
+        fail(str(e))
+    console.print(f"wrote {output}")
+
+
+@app.command()
+def query(
+    experiment: str = typer.Argument(..., help="experiment path"),
+    sql: str = typer.Argument(..., help="SQL over the views trials, curves, eval_tasks (duckdb)"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="write .csv or .parquet instead of printing"),
+):
+    """Run SQL (duckdb) over the experiment's three tables, registered as views."""
+    from metasweep.analysis.query import run_query
+    from metasweep.analysis.store import StoreError
+
+    if output is not None and output.suffix.lower() not in (".csv", ".parquet"):
+        fail(f"-o {output}: must end in .csv or .parquet")
+    try:
+        run_query(experiment, sql, str(output) if output else None)
+    except (StoreError, ValueError) as e:
+        fail(str(e))
+
+
 def main() -> None:
     try:
         app()
