@@ -11,26 +11,29 @@ import math
 
 import numpy as np
 import torch
-from torch.func import vmap
 
 from .adapt import adapt
+from .losses import PER_TASK
 from .meta import sample_noise
 from .setup import Setup
 from .tasks import task_seed
 
 
-def _losses_along_trajectory(params, xs, ys, xq, yq, noise, setup: Setup, steps: int, mask_mode: str):
+def _losses_along_trajectory(params, batch, noise, setup: Setup, steps: int, mask_mode: str):
+    """Query loss (and accuracy) of every task after 0..steps inner steps: [tasks, steps + 1]."""
     hp = setup.hp
-    trajectory = adapt(params, xs, ys, model=setup.model, variant=setup.variant, alpha=hp.alpha,
-                       temperature=hp.temperature, steps=steps, loss_fn=setup.loss_fn, noise=noise,
-                       mask_mode=mask_mode, all_steps=True)
+    trajectory = adapt(params, batch.x_support, batch.y_support, model=setup.model, variant=setup.variant,
+                       alpha=hp.alpha, temperature=hp.temperature, steps=steps, loss_fn=setup.loss_fn, noise=noise,
+                       mask_mode=mask_mode, all_steps=True, batched=True)
     losses, accs = [], []
-    for fast in trajectory:
-        out = setup.model.forward(fast, xq)
-        losses.append(setup.loss_fn(out, yq).detach())
-        if setup.family.loss == "cross_entropy":
-            accs.append((out.argmax(-1) == yq).to(out.dtype).mean().detach())
-    return torch.stack(losses), (torch.stack(accs) if accs else torch.zeros(0))
+    per_task = PER_TASK[setup.loss_fn]
+    with torch.no_grad():
+        for fast in trajectory:
+            out = setup.model.forward(fast, batch.x_query)
+            losses.append(per_task(out, batch.y_query))
+            if setup.family.loss == "cross_entropy":
+                accs.append((out.argmax(-1) == batch.y_query).to(out.dtype).flatten(1).mean(1))
+    return torch.stack(losses, 1), (torch.stack(accs, 1) if accs else torch.zeros(0))
 
 
 def evaluate(setup: Setup, params, *, split: str = "test", eval_seed: int = 1, n_tasks: int = 600,
@@ -46,7 +49,6 @@ def evaluate(setup: Setup, params, *, split: str = "test", eval_seed: int = 1, n
     params = {k: v.detach() for k, v in params.items()}
     g = torch.Generator().manual_seed(task_seed(setup.family.key(), split, eval_seed, 0, stream=1))
     noise = sample_noise(params, setup, g, n_tasks, max(max_steps, 1))
-    fn = vmap(_losses_along_trajectory, in_dims=(None, 0, 0, 0, 0, 0, None, None, None))
     cols = {"task_index": [], "shots": [], "inner_steps": [], "loss": [], "accuracy": []}
     for k in shots:
         sub = batch.shots(k)
@@ -54,7 +56,8 @@ def evaluate(setup: Setup, params, *, split: str = "test", eval_seed: int = 1, n
         for start in range(0, n_tasks, chunk):
             idx = slice(start, start + chunk)
             nz = {z: v[idx] for z, v in noise.items()}
-            l, a = fn(params, *sub.select(idx), nz, setup, max_steps, mask_mode)
+            with torch.no_grad():
+                l, a = _losses_along_trajectory(params, sub.select(idx), nz, setup, max_steps, mask_mode)
             loss_parts.append(l)
             acc_parts.append(a)
         loss = torch.cat(loss_parts).cpu().double().numpy()  # [n_tasks, max_steps + 1]

@@ -1,4 +1,7 @@
-"""Per-task losses. MSE averages over points (MT-net / MAML sine convention)."""
+"""Losses of one task, and their batched form (one value per task along dimension 0).
+
+MSE averages over points (MT-net / MAML sine convention); cross-entropy averages over examples.
+"""
 
 from __future__ import annotations
 
@@ -14,4 +17,16 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
 
 
+def mse_per_task(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return ((pred - target) ** 2).flatten(1).mean(1)
+
+
+def cross_entropy_per_task(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    n_tasks = logits.shape[0]
+    flat = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="none")
+    return flat.reshape(n_tasks, -1).mean(1)
+
+
 LOSSES = {"mse": mse, "cross_entropy": cross_entropy}
+PER_TASK = {"mse": mse_per_task, "cross_entropy": cross_entropy_per_task, mse: mse_per_task,
+            cross_entropy: cross_entropy_per_task}

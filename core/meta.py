@@ -1,8 +1,12 @@
-"""One outer step over a batch of tasks (MAML eq. 2, Reptile), vmapped over tasks.
+"""One outer step over a batch of tasks (MAML eq. 2, Reptile).
 
-`task_objective` is the query loss of one task after the inner loop; the meta-loss is its mean
-over the meta-batch, computed with `torch.func.vmap` (or a per-task loop of the very same function),
-and differentiated with `torch.func.grad` (second order unless the variant is first order).
+The meta-loss is the mean over the meta-batch of each task's query loss after the inner loop.
+Three engines compute the same math (tests check they agree to 1e-6):
+- "batched" (default): the task dimension is explicit - adapted weights are expanded to
+  [tasks, ...] and one autograd call gives every task's inner gradient; fewest dispatches, fastest
+  on CPU for the regression nets (bench/bench_core.py).
+- "vmap": `torch.func.vmap` over a one-task function with `torch.func.grad` inside and outside.
+- "loop": a Python loop over tasks of that same one-task function (the reference).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from torch.func import grad, vmap
 
 from .adapt import adapt, mask_noise
 from .cells import Params, adapted_names
+from .losses import PER_TASK
 from .setup import Setup
 from .tasks import Batch
 
@@ -23,10 +28,24 @@ def task_objective(params: Params, xs, ys, xq, yq, noise, setup: Setup) -> torch
     return setup.loss_fn(setup.model.forward(fast, xq), yq)
 
 
-def meta_loss(params: Params, batch: Batch, noise: dict, setup: Setup, vectorize: bool | None = None):
+ENGINES = ("batched", "vmap", "loop")
+
+
+def batched_objective(params: Params, batch: Batch, noise: dict, setup: Setup) -> torch.Tensor:
+    """Per-task post-adaptation query losses [tasks], with the task dimension explicit."""
+    hp = setup.hp
+    fast = adapt(params, batch.x_support, batch.y_support, model=setup.model, variant=setup.variant,
+                 alpha=hp.alpha, temperature=hp.temperature, steps=hp.inner_steps, loss_fn=setup.loss_fn,
+                 noise=noise, batched=True)
+    return PER_TASK[setup.loss_fn](setup.model.forward(fast, batch.x_query), batch.y_query)
+
+
+def meta_loss(params: Params, batch: Batch, noise: dict, setup: Setup, engine: str | None = None):
     """Mean over tasks of the post-adaptation query loss (the MAML objective)."""
-    vectorize = setup.vectorize if vectorize is None else vectorize
-    if vectorize:
+    engine = engine or setup.engine
+    if engine == "batched":
+        return batched_objective(params, batch, noise, setup).mean()
+    if engine == "vmap":
         per_task = vmap(task_objective, in_dims=(None, 0, 0, 0, 0, 0, None))(params, *batch, noise, setup)
         return per_task.mean()
     losses = [
@@ -36,11 +55,17 @@ def meta_loss(params: Params, batch: Batch, noise: dict, setup: Setup, vectorize
     return torch.stack(losses).mean()
 
 
-def meta_gradient(params: Params, batch: Batch, noise: dict, setup: Setup, vectorize: bool | None = None):
+def meta_gradient(params: Params, batch: Batch, noise: dict, setup: Setup, engine: str | None = None):
     """(gradient of the meta-loss w.r.t. every meta-parameter, meta-loss)."""
+    engine = engine or setup.engine
+    if engine == "batched":
+        leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+        loss = meta_loss(leaves, batch, noise, setup, engine)
+        grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+        return {k: (g if g is not None else torch.zeros_like(leaves[k])) for k, g in zip(leaves, grads)}, loss.detach()
 
     def f(p):
-        loss = meta_loss(p, batch, noise, setup, vectorize)
+        loss = meta_loss(p, batch, noise, setup, engine)
         return loss, loss.detach()
 
     return grad(f, has_aux=True)(params)
@@ -57,7 +82,14 @@ def reptile_direction(params: Params, batch: Batch, noise: dict, setup: Setup):
         return {n: fast[n] for n in names}, setup.loss_fn(setup.model.forward(fast, xq), yq)
 
     with torch.no_grad():
-        fast, losses = vmap(one)(*batch, noise)
+        if setup.engine == "batched":
+            fast = adapt(params, batch.x_support, batch.y_support, model=setup.model, variant=variant, alpha=hp.alpha,
+                         temperature=hp.temperature, steps=hp.inner_steps, loss_fn=setup.loss_fn, noise=noise,
+                         batched=True)
+            losses = PER_TASK[setup.loss_fn](setup.model.forward(fast, batch.x_query), batch.y_query)
+            fast = {n: fast[n].detach() for n in adapted_names(setup.model, variant)}
+        else:
+            fast, losses = vmap(one)(*batch, noise)
     direction = {n: torch.zeros_like(p) for n, p in params.items()}
     for n, f in fast.items():
         direction[n] = params[n] - f.mean(0)

@@ -23,9 +23,11 @@ class Setup:
     queries: int = 10
     device: str = "cpu"
     dtype: torch.dtype = torch.float32
-    vectorize: bool = True  # vmap the meta-batch (False: a per-task loop of the same math)
+    engine: str = "batched"  # how tasks of a meta-batch are processed together (see meta.ENGINES)
 
     def __post_init__(self) -> None:
+        if self.engine not in ("batched", "vmap", "loop"):
+            raise ValueError(f"engine must be batched, vmap or loop (got {self.engine!r})")
         if self.variant.eval_head == "nil" and self.family.loss != "cross_entropy":
             raise ValueError(f"variant {self.variant.name!r}: eval_head=nil needs a classification task")
 

@@ -56,7 +56,7 @@ class TrialConfig:
     mask_eval: str = "sample"
     seed: int = 0
     device: str = "auto"
-    vectorize: bool = True
+    engine: str = "batched"  # batched | vmap | loop (core.meta.ENGINES)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrialConfig":
@@ -87,7 +87,7 @@ def build_setup(cfg: TrialConfig) -> Setup:
                  meta_batch=cfg.meta_batch, mask_eval=cfg.mask_eval, zeta_init=cfg.zeta_init)
     sizes = (*family.input_shape, *cfg.hidden, family.output_dim)
     return Setup(family, variant, hp, DenseNet(tuple(sizes)), cfg.train_shots, cfg.queries,
-                 device=resolve_device(cfg.device), vectorize=cfg.vectorize)
+                 device=resolve_device(cfg.device), engine=cfg.engine)
 
 
 def package_version() -> str:

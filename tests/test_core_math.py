@@ -294,7 +294,7 @@ def test_reptile_update_is_theta_plus_eps_times_adapted_minus_theta(float64):
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
-def test_vmapped_meta_batch_equals_per_task_loop(name):
+def test_vmapped_and_batched_meta_batch_equal_per_task_loop(name):
     setup, params, batch, noise = tiny_problem(name, inner_steps=2)
     setup32 = Setup(setup.family, setup.variant, setup.hp, setup.model, 4, 3, dtype=torch.float32)
     p32 = {k: v.float() for k, v in params.items()}
@@ -302,6 +302,10 @@ def test_vmapped_meta_batch_equals_per_task_loop(name):
     n32 = {k: v.float() for k, v in noise.items()}
     if setup.variant.outer == "reptile":
         dv, lv = reptile_direction(p32, b32, n32, setup32)
+        dvm, lvm = reptile_direction(p32, b32, n32, Setup(setup.family, setup.variant, setup.hp, setup.model, 4, 3,
+                                                          engine="vmap"))
+        for k in p32:
+            torch.testing.assert_close(dv[k], dvm[k], atol=1e-6, rtol=1e-6)
         # the loop of the same math
         fasts = [adapt(p32, *b32.select(t)[:2], model=setup.model, variant=setup.variant, alpha=0.01,
                        temperature=1.0, steps=2, loss_fn=mse) for t in range(3)]
@@ -309,11 +313,12 @@ def test_vmapped_meta_batch_equals_per_task_loop(name):
             torch.testing.assert_close(dv[k], p32[k] - torch.stack([f[k] for f in fasts]).mean(0), atol=1e-6,
                                        rtol=1e-6)
         return
-    gv, lv = meta_gradient(p32, b32, n32, setup32, vectorize=True)
-    gl, ll = meta_gradient(p32, b32, n32, setup32, vectorize=False)
-    torch.testing.assert_close(lv, ll, atol=1e-6, rtol=1e-6)
-    for k in p32:
-        torch.testing.assert_close(gv[k], gl[k], atol=1e-6, rtol=1e-5)
+    gl, ll = meta_gradient(p32, b32, n32, setup32, engine="loop")
+    for engine in ("vmap", "batched"):
+        gv, lv = meta_gradient(p32, b32, n32, setup32, engine=engine)
+        torch.testing.assert_close(lv, ll, atol=1e-6, rtol=1e-6)
+        for k in p32:
+            torch.testing.assert_close(gv[k], gl[k], atol=1e-6, rtol=1e-5, msg=f"{engine} {k}")
 
 
 # ---------------------------------------------------------------- variants are validated data
