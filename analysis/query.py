@@ -83,7 +83,7 @@ def _csv_ready(table: pa.Table) -> pa.Table:
     cols = []
     for col in table.columns:
         t = col.type
-        if pa.types.is_nested(t) or pa.types.is_decimal(t) and False:
+        if pa.types.is_nested(t):
             cols.append(pa.array([None if v is None else _text(v) for v in col.to_pylist()], pa.string()))
         else:
             cols.append(col)
@@ -106,19 +106,21 @@ def _print_table(table: pa.Table | None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
     if table is None:
-        console.print("ok (no result rows)")
+        Console().print("ok (no result rows)")
         return
     n = table.num_rows
     shown = table.slice(0, MAX_PRINTED_ROWS)
+    cols = [[_text(v) for v in c.to_pylist()] for c in shown.columns]
+    # Piped output is not folded to 80 columns: as wide as the widest row needs (a terminal folds).
+    natural = 4 + sum(3 + max([len(name)] + [len(v) for v in c]) for name, c in zip(table.column_names, cols))
+    console = Console() if sys.stdout.isatty() else Console(width=max(80, min(natural, 1000)))
     t = Table(caption=f"{n} row(s)" + (f", first {MAX_PRINTED_ROWS} shown: use -o FILE.csv or .parquet for all"
                                        if n > MAX_PRINTED_ROWS else ""))
     for name, field in zip(table.column_names, table.schema):
         numeric = pa.types.is_integer(field.type) or pa.types.is_floating(field.type) or \
             pa.types.is_decimal(field.type)
         t.add_column(name, justify="right" if numeric else "left", overflow="fold")
-    cols = [c.to_pylist() for c in shown.columns]
     for i in range(shown.num_rows):
-        t.add_row(*(_text(c[i]) for c in cols))
+        t.add_row(*(c[i] for c in cols))
     console.print(t)

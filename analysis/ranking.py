@@ -73,9 +73,12 @@ def _register_labels(con: duckdb.DuckDBPyConnection, stage: str) -> None:
     import json
 
     trials = []
-    for tid, variant, cfg, *cols in con.execute(
-            f"select trial_id, variant, config, {', '.join(HP_COLUMNS)} from trials where stage = ?", [stage]).fetchall():
+    options: dict[str, dict] = {}
+    for tid, variant, cfg, task_options, *cols in con.execute(
+            f"select trial_id, variant, config, task_options, {', '.join(HP_COLUMNS)} from trials where stage = ?",
+            [stage]).fetchall():
         conf = json.loads(cfg) if cfg else {}
+        options[tid] = json.loads(task_options) if task_options else {}
         # the configured budget, not the steps done (a diverged trial stops early)
         trials.append((tid, variant, *(conf.get(h, c) for h, c in zip(HP_COLUMNS, cols))))
     varying: dict[str, list[int]] = {}
@@ -84,9 +87,13 @@ def _register_labels(con: duckdb.DuckDBPyConnection, stage: str) -> None:
         by_variant.setdefault(t[1], []).append(t[2:])
     for v, hps in by_variant.items():
         varying[v] = [i for i in range(len(HP_COLUMNS)) if len({h[i] for h in hps}) > 1]
+    option_keys = {v: sorted(k for k in {k for t in trials if t[1] == v for k in options[t[0]]}
+                             if len({json.dumps(options[t[0]].get(k)) for t in trials if t[1] == v}) > 1)
+                   for v in by_variant}
     ids, labels = [], []
     for t in trials:
-        parts = [t[1]] + [f"{HP_COLUMNS[i]}={t[2 + i]:.3g}" for i in varying[t[1]]]
+        parts = [t[1]] + [f"{k}={options[t[0]].get(k)}" for k in option_keys[t[1]]]
+        parts += [f"{HP_COLUMNS[i]}={t[2 + i]:.3g}" for i in varying[t[1]]]
         ids.append(t[0])
         labels.append(" ".join(parts))
     con.register("labels", pa.table({"trial_id": ids, "label": labels}))

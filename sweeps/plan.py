@@ -87,6 +87,9 @@ def grid_trial_configs(spec: Spec) -> list[tuple[Cell, TrialConfig]]:
     for cell in cells(spec):
         for values in itertools.product(*(spec.grid[k] for k in keys)):
             for seed in spec.test.seeds:
-                over = dict(zip(keys, values))
-                out.append((cell, trial_config(spec, cell, split="test", seed=seed, **over)))
+                over = {k: x for k, x in zip(keys, values) if not k.startswith("task.")}
+                cfg = trial_config(spec, cell, split="test", seed=seed, **over)
+                cfg.task_options = {**cfg.task_options,
+                                    **{k.removeprefix("task."): x for k, x in zip(keys, values) if k.startswith("task.")}}
+                out.append((cell, cfg))
     return out

@@ -247,10 +247,14 @@ class Spec(Strict):
 
         out = {}
         for key, values in v.items():
-            if key not in GRID_FIELDS:
-                raise ValueError(f"cannot grid over {key!r}; allowed: {', '.join(GRID_FIELDS)}")
+            if key not in GRID_FIELDS and not key.startswith("task."):
+                raise ValueError(f"cannot grid over {key!r}; allowed: {', '.join(GRID_FIELDS)}, "
+                                 "or task.OPTION (e.g. task.order)")
             if not values:
                 raise ValueError(f"{key}: list at least one value")
+            if key.startswith("task."):
+                out[key] = list(values)  # checked against the task family in _consistent
+                continue
             kind = GRID_FIELDS[key]
             typed = []
             for x in values:
@@ -277,6 +281,22 @@ class Spec(Strict):
             raise ValueError("mode grid needs a 'grid' mapping of field -> list of values")
         if self.mode != "grid" and self.grid:
             raise ValueError("'grid' only applies with mode: grid")
+        from dataclasses import fields
+
+        from metasweep.core.tasks import FAMILIES, make_family
+
+        allowed = [f.name for f in fields(FAMILIES[self.task.family])]
+        for key, values in self.grid.items():
+            if key.startswith("task."):
+                option = key.removeprefix("task.")
+                if option not in allowed:
+                    raise ValueError(f"grid: task.{option} is not an option of task family {self.task.family}; "
+                                     f"allowed: {', '.join(allowed)}")
+                for x in values:
+                    try:
+                        make_family(self.task.family, **{**self.task.options, option: x})
+                    except (TypeError, ValueError) as e:
+                        raise ValueError(f"grid: task.{option}={x!r}: {e}") from None
         return self
 
     def variant_names(self) -> list[str]:

@@ -71,7 +71,8 @@ def metasweep_trainable(config: dict) -> None:
         st.extra["attempt"] = attempt
         partial = {
             "experiment": meta["experiment"], "stage": meta["stage"], "trial_id": trial_id, "attempt": attempt,
-            "variant": meta["variant"], "task_family": cfg.task, "train_shots": cfg.train_shots, "seed": cfg.seed,
+            "variant": meta["variant"], "task_family": cfg.task,
+            "task_options": json.dumps(cfg.task_options, sort_keys=True), "train_shots": cfg.train_shots, "seed": cfg.seed,
             "alpha": cfg.alpha, "beta": cfg.beta, "temperature": cfg.temperature, "inner_steps": cfg.inner_steps,
             "meta_batch": cfg.meta_batch, "status": "running", "meta_steps": st.step,
             "wall_seconds": st.extra.get("wall_seconds"), "final_val_loss": row["val_loss"],

@@ -105,3 +105,18 @@ def test_grid_is_the_product_of_its_fields(tmp_path):
     configs = grid_trial_configs(spec)
     assert len(configs) == 2 * 3 * 2 * 2
     assert {t.alpha for _, t in configs} == {1e-4, 0.1, 10.0}  # '1.0e-4' is a float, not YAML 1.1's string
+
+
+def test_grid_over_a_task_option(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("experiment: p\nmode: grid\ntask: {family: polynomial}\nvariants: [mt-net]\n"
+                    "grid: {task.order: [0, 1, 2]}\ntest: {seeds: [0]}\n")
+    spec, _, _ = load_spec(path)
+    assert [c.task_options["order"] for _, c in grid_trial_configs(spec)] == [0, 1, 2]
+    path.write_text("experiment: p\nmode: grid\ntask: {family: sine}\nvariants: [mt-net]\ngrid: {task.order: [1]}\n")
+    with pytest.raises(UserError, match="task.order is not an option of task family sine"):
+        load_spec(path)
+    path.write_text("experiment: p\nmode: grid\ntask: {family: polynomial}\nvariants: [mt-net]\n"
+                    "grid: {task.order: [-1]}\n")
+    with pytest.raises(UserError, match="grid: task.order=-1: polynomial order must be an integer >= 0"):
+        load_spec(path)
