@@ -289,6 +289,27 @@ def query(
         fail(str(e))
 
 
+@app.command()
+def reproduce(
+    experiment: str = typer.Argument(..., help="table1 | alpha | polynomial (MT-net sections 6.1-6.3)"),
+    scale: str = typer.Option("smoke", help="smoke (minutes) | full (the paper's budget)"),
+    out_dir: Path = typer.Option(..., "--out", help="folder for report.md, figures and the results dataset"),
+    address: Optional[str] = typer.Option(None, help="Ray cluster address; default: embedded local Ray"),
+    seeds: Optional[str] = typer.Option(None, help="comma-separated seeds (default: 0,1 smoke; 0,1,2 full)"),
+):
+    """Reproduce an MT-net regression experiment at the paper's settings and write a report with our
+    numbers (mean ± 95% CI over tasks and across seeds) beside the paper's."""
+    from .reproduce import run as run_reproduction
+
+    try:
+        seed_list = list(int_list(seeds, "--seeds")) if seeds else None
+        report = run_reproduction(experiment, scale, out_dir, address, seed_list)
+    except UserError as e:
+        fail(str(e))
+    console.print(f"report: {report}")
+    out.print(report.read_text(), markup=False, highlight=False)
+
+
 def main() -> None:
     try:
         app()

@@ -57,7 +57,8 @@ def init_ray(address: str | None) -> bool:
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our own one-line-per-trial progress instead
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # results live in our Parquet dataset
+    # results live in our Parquet dataset: no CSV / TensorBoard loggers (result.json is kept, below)
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     logging.getLogger("ray.tune").setLevel(logging.WARNING)
     if address:
         check_address(address)
@@ -72,6 +73,7 @@ def init_ray(address: str | None) -> bool:
 
 def _run_config(exp_uri: str, name: str, spec: Spec):
     from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
 
     return tune.RunConfig(
         name=name,
@@ -79,7 +81,7 @@ def _run_config(exp_uri: str, name: str, spec: Spec):
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         verbose=0,
-        callbacks=[ProgressCallback(name)],
+        callbacks=[ProgressCallback(name), JsonLoggerCallback()],  # result.json: ResultGrid reads it
     )
 
 
