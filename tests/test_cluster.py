@@ -30,6 +30,9 @@ import yaml
 
 import ray
 
+# psutil: Ray ships its own copy (ray/thirdparty_files), importable once ray is imported; `ray stop` uses it.
+import psutil  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 AWS = ROOT / "cluster.yaml"
 ONPREM = ROOT / "sweeps" / "clusters" / "onprem.yaml"
@@ -182,8 +185,6 @@ def free_port() -> int:
 
 def processes_with(marker: str) -> list:
     """Live processes whose command line mentions `marker` (our private Ray temp dir)."""
-    import psutil
-
     out = []
     for p in psutil.process_iter(["pid", "cmdline", "status"]):
         try:
@@ -196,8 +197,6 @@ def processes_with(marker: str) -> list:
 
 
 def other_ray_running() -> bool:
-    import psutil
-
     names = {"raylet", "gcs_server"}
     for p in psutil.process_iter(["name"]):
         if p.info["name"] in names:
@@ -289,13 +288,12 @@ SetEnv {setenv}
     def stop(self) -> None:
         """By pid: the sshd (in a namespace, its PID 1: the kernel then ends every process in it), then
         the sessions it forked, then the unshare wrapper."""
-        import psutil
-
         if self.proc.poll() is None:
             try:
                 top = psutil.Process(self.proc.pid)
                 tree = top.children(recursive=True)
-                sshd = tree[0] if self.isolate and tree else top
+                direct = top.children()  # under unshare: the sshd, PID 1 of the namespace
+                sshd = direct[0] if self.isolate and direct else top
                 sshd.send_signal(signal.SIGTERM)
                 psutil.wait_procs([sshd], timeout=5)
                 for p in tree:
@@ -372,9 +370,11 @@ def test_ray_up_exec_down_on_localhost(tmp_path):
     (work / "tiny.yaml").write_text(TINY_SPEC.format(storage=storage))
 
     cli_env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    cli_env.update(RAY_TMPDIR=ray_tmp, RAY_USAGE_STATS_ENABLED="0")  # local-provider state in ray_tmp
+    # The local provider's cluster state and `ray up`'s config cache go to ray_tmp too.
+    cli_env.update(RAY_TMPDIR=ray_tmp, TMPDIR=ray_tmp, RAY_USAGE_STATS_ENABLED="0")
     (tmp_path / "sshd").mkdir()
     sshd = down = None
+    out = ""
     left_after_down: list[str] = []
     timings: dict[str, float] = {}
     try:
@@ -427,8 +427,9 @@ def test_ray_up_exec_down_on_localhost(tmp_path):
     data = read_dataset(str(storage / "cluster-tiny"))
     trials = data["trials"].to_pylist()
     # 2 variants x 2 tune trials + 2 variants x 2 test seeds
-    assert len(trials) == 8, [(t["stage"], t["variant"], t["status"]) for t in trials]
-    assert all(t["status"] == "completed" for t in trials), [(t["trial_id"], t["status"], t["error"]) for t in trials]
+    assert len(trials) == 8, f"{[(t['stage'], t['variant'], t['status']) for t in trials]}\n{tail(out)}"
+    assert all(t["status"] == "completed" for t in trials), \
+        f"{[(t['trial_id'], t['status'], t['attempt'], t['error']) for t in trials]}\n{tail(out)}"
     by_stage = sorted((t["stage"], t["variant"]) for t in trials)
     assert by_stage == [("test", "maml")] * 2 + [("test", "t-net")] * 2 + [("tune", "maml")] * 2 + \
         [("tune", "t-net")] * 2
