@@ -33,6 +33,8 @@ from .ranking import HP_COLUMNS, compute_ranking
 __all__ = ["KINDS", "make_plot"]
 
 KINDS = ("curves", "alpha", "mask-fraction", "ranks")
+_TABLES_NEEDED = {"curves": ("trials", "curves"), "alpha": ("trials", "eval_tasks"),
+                  "mask-fraction": ("trials", "curves"), "ranks": ("trials",)}  # ranks reads its own rows
 DPI = 120
 STAGE_ORDER = ("test", "grid", "single", "tune")
 _REGRESSION = ("sine", "polynomial")
@@ -45,7 +47,7 @@ def make_plot(exp_uri: str, kind: str, output_png: str, stage: str | None = None
         raise ValueError(f"plot kind must be one of {', '.join(KINDS)} (got {kind!r})")
     if metric not in ("loss", "accuracy"):
         raise ValueError(f"metric must be loss or accuracy (got {metric!r})")
-    con = connect(exp_uri)
+    con = connect(exp_uri, _TABLES_NEEDED[kind])  # only what the figure reads (eval_tasks can be 10M+ rows)
     ctx = _Context(con, exp_uri, _pick_stage(con, exp_uri, stage))
     fig = {"curves": _curves, "alpha": _alpha, "mask-fraction": _mask_fraction, "ranks": _ranks}[kind](ctx, metric)
     fig.tight_layout()
@@ -85,18 +87,19 @@ class _Context:
         self.trials = [dict(zip(cols, r)) for r in rows]
         for t in self.trials:
             conf = json.loads(t["config"]) if t["config"] else {}
-            for h in HP_COLUMNS:  # the configured value (a diverged trial stops before its meta_steps)
-                t[h] = conf.get(h, t[h])
+            for h in HP_COLUMNS:  # the configured budget (a diverged trial stops before its meta_steps)
+                if h == "meta_steps" or t[h] is None:
+                    t[h] = conf.get(h, t[h])
             t["options"] = json.loads(t["task_options"]) if t["task_options"] else {}
         self.task_family = sorted({t["task_family"] for t in self.trials if t["task_family"]})
         self.title = f"experiment {self.experiment}, stage {stage}"
 
-    def register_labels(self, exclude: tuple[str, ...] = ()) -> list[str]:
+    def register_labels(self, exclude: tuple[str, ...] = (), variant_only: bool = False) -> list[str]:
         """Label each trial by its variant plus what varies among that variant's trials in the stage
         (hyper-parameters, train shots, task options) except `exclude`; seeds share a label. Registers
         table `plot_labels(trial_id, label)`, returns the labels in display order."""
-        keys = [h for h in ("train_shots", *HP_COLUMNS) if h not in exclude]
-        opt_keys = sorted({k for t in self.trials for k in t["options"]})
+        keys = [] if variant_only else [h for h in ("train_shots", *HP_COLUMNS) if h not in exclude]
+        opt_keys = [] if variant_only else sorted({k for t in self.trials for k in t["options"]})
 
         def values(t):
             return [t[k] for k in keys] + [json.dumps(t["options"].get(k), sort_keys=True) for k in opt_keys]
@@ -190,7 +193,9 @@ def _curves(ctx: _Context, metric: str) -> Figure:
         c = colours[lab]
         bad = {s: n for s, n in status[lab].items() if s != "completed"}
         suffix = f" ({', '.join(f'{n} {s}' for s, n in sorted(bad.items()))})" if bad else ""
-        ax.plot(x, rows["v_mean"][sel], color=c, lw=1.8, label=f"{lab}, {seeds[lab]} seed(s){suffix}")
+        mark = "o" if len(x) <= 3 else None  # a curve cut short by divergence may be one point
+        ax.plot(x, rows["v_mean"][sel], color=c, lw=1.8, marker=mark, ms=4,
+                label=f"{lab}, {seeds[lab]} seed(s){suffix}")
         ax.fill_between(x, rows["v_min"][sel].astype(float), rows["v_max"][sel].astype(float), color=c,
                         alpha=0.18, lw=0)
         all_vals.append(rows["v_min"][sel])
@@ -211,7 +216,8 @@ def _curves(ctx: _Context, metric: str) -> Figure:
         style.insert(1, Line2D([], [], color="0.25", lw=1.2, ls="--", label="meta-train loss (mean over seeds)"))
     first = ax.legend(handles=style, loc="upper right", fontsize=8, framealpha=0.9)
     ax.add_artist(first)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, title="variant", title_fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, title_fontsize=8,
+              title="variant" + (" / configuration" if any("=" in lab for lab in labels) else ""))
     _title(ax, ctx, f"learning curves ({metric})", "mean over seeds; shaded band = min–max over seeds")
     return fig
 
@@ -241,17 +247,26 @@ def _maybe_log_y(ax, values: np.ndarray, ratio: float = 30.0) -> None:
 
 
 def _alpha(ctx: _Context, metric: str) -> Figure:
+    if any(t["alpha"] is None for t in ctx.trials):
+        raise ValueError(f"alpha plot: some trials of stage {ctx.stage} have no alpha")
+    per_variant: dict[str, set] = {}
+    for t in ctx.trials:
+        per_variant.setdefault(t["variant"], set()).add(t["alpha"])
+    if all(len(a) < 2 for a in per_variant.values()):
+        raise ValueError(
+            f"alpha plot: needs a sweep over alpha (a grid over alpha); stage {ctx.stage} of {ctx.exp_uri} has "
+            "one alpha per variant: " + ", ".join(f"{v} α={_fmt(next(iter(a)))}" for v, a in sorted(
+                per_variant.items(), key=lambda kv: _variant_order(set(per_variant)).index(kv[0]))))
     series = ctx.register_labels(exclude=("alpha",))
     by_series: dict[str, set] = {}
     for t in ctx.trials:
         by_series.setdefault(t["label"], set()).add(t["alpha"])
-    if all(len(a) < 2 for a in by_series.values()):
-        raise ValueError(
-            f"alpha plot: needs a sweep over alpha (a grid over alpha, or a tune stage); stage {ctx.stage} of "
-            f"{ctx.exp_uri} has one alpha per variant: "
-            + ", ".join(f"{s} α={_fmt(next(iter(a)))}" for s, a in sorted(by_series.items())))
-    if any(t["alpha"] is None for t in ctx.trials):
-        raise ValueError(f"alpha plot: some trials of stage {ctx.stage} have no alpha")
+    mixed = all(len(a) < 2 for a in by_series.values())
+    if mixed:  # alpha moves together with other hyper-parameters (an Optuna tune stage): one series per variant
+        series = ctx.register_labels(variant_only=True)
+        by_series = {}
+        for t in ctx.trials:
+            by_series.setdefault(t["label"], set()).add(t["alpha"])
     steps = sorted(r[0] for r in ctx.con.execute(
         "select distinct e.inner_steps from eval_tasks e join trials t using (trial_id, attempt) "
         "where t.stage = ?", [ctx.stage]).fetchall())
@@ -274,11 +289,13 @@ def _alpha(ctx: _Context, metric: str) -> Figure:
         raise ValueError("alpha plot: this dataset has no accuracy (regression tasks): use --metric loss")
     # trials that produced no evaluation (diverged / errored) per (series, alpha)
     failed: dict[tuple[str, float], list[int]] = {}
+    failed_status: dict[tuple[str, float], set[str]] = {}
     for t in ctx.trials:
         f = failed.setdefault((t["label"], t["alpha"]), [0, 0])
         f[1] += 1
-        if t["status"] not in ("completed",):
+        if t["status"] != "completed":
             f[0] += 1
+            failed_status.setdefault((t["label"], t["alpha"]), set()).add(t["status"])
     colours = ctx.colours(series)
     nr, nc = len(row_steps), len(shots)
     fig = Figure(figsize=(min(4.2 * nc, 14) + 2.6, 3.6 * nr + 0.6))
@@ -302,21 +319,22 @@ def _alpha(ctx: _Context, metric: str) -> Figure:
                             pts.append((a, m, 0.0 if math.isnan(ci) else ci))
                             finite_vals += [m - ci, m + ci]
                         else:
-                            marks.append((a, f"{int((~np.isfinite(per_task)).sum())}/{per_task.size} tasks"))
+                            n_bad = int((~np.isfinite(per_task)).sum())
+                            marks.append((a, f"non-finite on {n_bad}/{per_task.size} tasks"))
                             continue
                     if n_failed:
-                        marks.append((a, f"{n_failed}/{n_trials} trials" if n_failed < n_trials else ""))
+                        marks.append((a, f"{n_failed}/{n_trials} trials " + "/".join(sorted(failed_status[(s, a)]))))
                 c = colours[s]
                 if pts:
                     x, y, e = map(np.array, zip(*pts))
                     ax.errorbar(x, y, yerr=e, color=c, marker="o", ms=4, lw=1.5, capsize=3, label=s)
+                y_mark = 0.95 - 0.08 * series.index(s)  # one row of marks per series: never on top of another
                 for a, note in marks:
                     any_marked = True
-                    ax.plot([a], [0.95], marker="x", ms=9, mew=2.2, color=c, transform=ax.get_xaxis_transform(),
+                    ax.plot([a], [y_mark], marker="x", ms=9, mew=2.2, color=c, transform=ax.get_xaxis_transform(),
                             clip_on=False, ls="none")
-                    if note:
-                        ax.annotate(note, (a, 0.95), xycoords=ax.get_xaxis_transform(), xytext=(5, -10),
-                                    textcoords="offset points", fontsize=7, color=c)
+                    ax.annotate(note, (a, y_mark), xycoords=ax.get_xaxis_transform(), xytext=(-8, 0),
+                                textcoords="offset points", fontsize=7, color=c, ha="right", va="center")
             ax.set_xscale("log")
             vals = np.array(finite_vals)
             _maybe_log_y(ax, vals[vals > 0] if vals.size else vals)
@@ -329,7 +347,7 @@ def _alpha(ctx: _Context, metric: str) -> Figure:
                     ax.set_ylim(max(lo, 1e-12) / 1.3, hi * 2.5)
             if len(alphas_all) >= 2:
                 ax.set_xlim(alphas_all[0] / 1.6, alphas_all[-1] * 1.6)
-            ax.grid(alpha=0.3, which="both")
+            ax.grid(alpha=0.3)
             ax.set_title(f"{sh}-shot, {st} inner step{'s' if st != 1 else ''}", fontsize=9)
             if i == nr - 1:
                 ax.set_xlabel("inner step size α (log scale)")
@@ -344,7 +362,8 @@ def _alpha(ctx: _Context, metric: str) -> Figure:
     fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 0.93), fontsize=8, title="variant",
                title_fontsize=8)
     _title(fig, ctx, f"final {metric} vs inner step size α (MT-net §6.2)",
-           "per-task values averaged over seeds; mean ± 1.96·sd/√n over evaluation tasks")
+           "per-task values averaged over seeds; mean ± 1.96·sd/√n over evaluation tasks"
+           + ("; other hyper-parameters vary between points too" if mixed else ""))
     return fig
 
 
@@ -445,7 +464,7 @@ def _nemenyi_cd(k: int, n: int, level: float = 0.95) -> float:
 
 
 def _ranks(ctx: _Context, metric: str) -> Figure:
-    r = compute_ranking(ctx.exp_uri, metric=metric, stage=ctx.stage, con=ctx.con)
+    r = compute_ranking(ctx.exp_uri, metric=metric, stage=ctx.stage)  # its fast path reads the eval files
     if not r.avg_rank:
         raise ValueError(f"ranks plot: no setting of stage {ctx.stage} has a finite {metric} for every variant, "
                          "so there is nothing to rank")
@@ -469,12 +488,14 @@ def _ranks(ctx: _Context, metric: str) -> Figure:
     if k >= 2 and n_settings >= 1:
         cd = _nemenyi_cd(k, n_settings)
         x0 = ranks.min()
-        ax.errorbar([x0 + cd / 2], [y[0] + 0.5], xerr=[[cd / 2], [cd / 2]], color="tab:red", capsize=4, lw=2)
+        ax.errorbar([x0 + cd / 2], [y[0] + 0.55], xerr=[[cd / 2], [cd / 2]], color="tab:red", capsize=4, lw=2)
+        ax.axvline(x0 + cd, color="tab:red", lw=1, ls="--")
         handles.append(Line2D([], [], color="tab:red", lw=2, marker="|", ms=8,
-                              label=f"Nemenyi CD = {cd:.2f} (α = 0.05) from the best"))
-        ax.set_ylim(-0.6, k - 0.1 + 0.5)
+                              label=f"Nemenyi critical difference\nCD = {cd:.2f} (α = 0.05): bars ending\n"
+                                    "right of the dashed line differ\nfrom the best"))
+        ax.set_ylim(-0.6, k - 0.1 + 0.6)
         ax.set_xlim(0, max(k + 0.6, x0 + cd + 0.3))
-    ax.legend(handles=handles, loc="lower right", fontsize=8, framealpha=0.9)
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, framealpha=0.9)
     if r.friedman:
         fried = (f"Friedman χ² = {r.friedman['statistic']:.2f}, p = {r.friedman['pvalue']:.3g} "
                  f"({r.friedman['n_settings']} settings × {r.friedman['n_variants']} variants)")

@@ -18,23 +18,36 @@ import sys
 import duckdb
 import pyarrow as pa
 
-from .store import TABLES, read_dataset
+from .store import TABLES, StoreError, exists, latest_attempts, read_dataset, read_raw
 
-__all__ = ["connect", "run_query", "query_table", "MAX_PRINTED_ROWS"]
+__all__ = ["MAX_PRINTED_ROWS", "connect", "query_table", "run_query"]
 
 MAX_PRINTED_ROWS = 100
 
 
-def connect(exp_uri: str) -> duckdb.DuckDBPyConnection:
-    """An in-memory duckdb connection with the views trials, curves and eval_tasks.
+def connect(exp_uri: str, tables: tuple[str, ...] = TABLES) -> duckdb.DuckDBPyConnection:
+    """An in-memory duckdb connection with the views trials, curves and eval_tasks (or only `tables`;
+    trials is always there).
 
     Rows of abandoned or superseded attempts are already dropped. Raises StoreError (a ValueError)
     when there is no dataset at `exp_uri` or a file does not match the schema.
     """
-    ds = read_dataset(exp_uri)
+    unknown = set(tables) - set(TABLES)
+    if unknown:
+        raise ValueError(f"unknown table(s) {sorted(unknown)}; the tables are {', '.join(TABLES)}")
     con = duckdb.connect()
-    for name in TABLES:
-        con.register(name, ds[name])  # a view over the Arrow table (no copy)
+    if set(tables) >= set(TABLES):
+        ds = read_dataset(exp_uri)
+        for name in TABLES:
+            con.register(name, ds[name])  # a view over the Arrow table (no copy)
+        return con
+    if not exists(exp_uri):
+        raise StoreError(f"{exp_uri}: no results dataset here (expected folders trials/, curves/, eval_tasks/)")
+    con.register("trials", latest_attempts(read_raw(exp_uri, "trials")))
+    for name in tables:
+        if name != "trials":  # the same rows as read_dataset keeps: those of each trial's latest committed attempt
+            con.register(f"_{name}_all", read_raw(exp_uri, name))
+            con.execute(f"create view {name} as select * from _{name}_all semi join trials using (trial_id, attempt)")
     return con
 
 
