@@ -472,8 +472,12 @@ def compute_ranking(exp_uri: str, *, metric: str = "loss", stage: str | None = N
                 if baseline in same:
                     rows_b = vs_best if baseline == best else stats.compare_to_baseline(same, baseline)
                     paired += [{"setting": st, **r} for r in rows_b]
-        if len(present) == len(variants):
-            score_rows.append([cells[(v, st)].mean for v in variants])
+        if all((v, st) in cells for v in variants):
+            # a cell whose adapted loss overflowed ranks last in its setting (ties share the rank)
+            finite = [cells[(v, st)].mean for v in present]
+            worst = (max(finite) + 1.0) if sign == 1 else (min(finite) - 1.0)
+            score_rows.append([worst if cells[(v, st)].nonfinite_tasks else cells[(v, st)].mean
+                               for v in variants])
     avg_rank: dict[str, float] = {}
     fried = None
     if score_rows:
