@@ -45,7 +45,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from . import stats
-from .store import SCHEMAS, StoreError, exists, latest_attempts, read_raw, resolve
+from .store import StoreError, attempt_path, check_columns, exists, latest_attempts, read_raw, resolve
 
 
 @dataclass
@@ -251,16 +251,7 @@ def _read_eval_file(fs: pafs.FileSystem, path: str, code: int, trial_id: str, at
         pf = pq.ParquetFile(fs.open_input_file(path), read_dictionary=["split"])
     except Exception as e:  # corrupt / truncated file
         raise StoreError(f"{path}: not a readable Parquet file ({e})") from None
-    schema = pf.schema_arrow
-    expected = SCHEMAS["eval_tasks"]
-    for name in ("trial_id", "attempt", *_INT_COLS, "split", metric):
-        if name not in schema.names:
-            raise StoreError(f"{path}: column {name!r} is missing (table eval_tasks)")
-        got, want = schema.field(name).type, expected.field(name).type
-        if pa.types.is_dictionary(got):
-            got = got.value_type
-        if got != want and not pa.types.is_null(got):
-            raise StoreError(f"{path}: column {name!r} has type {got}, expected {want}")
+    check_columns(path, pf.schema_arrow, "eval_tasks", ("trial_id", "attempt", *_INT_COLS, "split", metric))
     is_split_const, split = _stat_constant(pf, "split")
     columns = [*_INT_COLS, metric] + ([] if is_split_const else ["split"])
     own = _stat_constant(pf, "trial_id") == (True, trial_id) and _stat_constant(pf, "attempt") == (True, attempt)
@@ -277,7 +268,7 @@ def _read_eval_file(fs: pafs.FileSystem, path: str, code: int, trial_id: str, at
 
 def _eval_parts_from_files(exp_uri: str, trials: list[dict], metric: str) -> list[_Part]:
     fs, root = resolve(exp_uri)
-    paths = [f"{root}/eval_tasks/{t['trial_id']}__a{t['attempt']}.parquet" for t in trials]
+    paths = [attempt_path(root, "eval_tasks", t["trial_id"], t["attempt"]) for t in trials]
     found = [info.type == pafs.FileType.File for info in fs.get_file_info(paths)] if paths else []
     jobs = [(i, p) for i, (p, ok) in enumerate(zip(paths, found)) if ok]
 

@@ -64,6 +64,25 @@ def _file_name(trial_id: str, attempt: int) -> str:
     return f"{trial_id}__a{attempt}.parquet"
 
 
+def attempt_path(root: str, table_name: str, trial_id: str, attempt: int) -> str:
+    """Where one attempt of a trial keeps its rows of a table."""
+    return f"{root}/{table_name}/{_file_name(trial_id, attempt)}"
+
+
+def check_columns(path: str, schema: pa.Schema, table_name: str, columns=None) -> None:
+    """Raise StoreError naming the file and the column if `columns` (default: all declared ones)
+    are missing or mistyped in a file's schema. Dictionary-encoded strings count as strings."""
+    expected = SCHEMAS[table_name]
+    for name in columns or expected.names:
+        if name not in schema.names:
+            raise StoreError(f"{path}: column {name!r} is missing (table {table_name})")
+        got, want = schema.field(name).type, expected.field(name).type
+        if pa.types.is_dictionary(got):
+            got = got.value_type
+        if got != want and not pa.types.is_null(got):
+            raise StoreError(f"{path}: column {name!r} has type {got}, expected {want}")
+
+
 def write_table(uri: str, table_name: str, rows: dict | pa.Table, trial_id: str, attempt: int) -> str:
     """Write one trial attempt's rows atomically (temporary name + rename on local disks; a single
     PUT, which is atomic, on object stores). Rows must fit the declared schema."""
@@ -74,7 +93,7 @@ def write_table(uri: str, table_name: str, rows: dict | pa.Table, trial_id: str,
     fs, root = resolve(uri)
     folder = f"{root}/{table_name}"
     fs.create_dir(folder, recursive=True)
-    final = f"{folder}/{_file_name(trial_id, attempt)}"
+    final = attempt_path(root, table_name, trial_id, attempt)
     if isinstance(fs, pafs.LocalFileSystem):
         tmp = f"{folder}/.{uuid.uuid4().hex}.tmp"
         pq.write_table(table, tmp, filesystem=fs)
@@ -108,12 +127,7 @@ def _read_checked(fs: pafs.FileSystem, path: str, table_name: str) -> pa.Table:
         table = pq.read_table(path, filesystem=fs)
     except Exception as e:  # corrupt / truncated file
         raise StoreError(f"{path}: not a readable Parquet file ({e})") from None
-    for f in expected:
-        if f.name not in table.schema.names:
-            raise StoreError(f"{path}: column {f.name!r} is missing (table {table_name})")
-        got = table.schema.field(f.name).type
-        if got != f.type and not (pa.types.is_null(got)):
-            raise StoreError(f"{path}: column {f.name!r} has type {got}, expected {f.type}")
+    check_columns(path, table.schema, table_name)
     return table.select(expected.names).cast(expected)
 
 
