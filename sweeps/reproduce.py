@@ -63,22 +63,17 @@ def reproduction_spec(name: str, scale: str, seeds: list[int] | None, out: Path)
 
 
 def run(name: str, scale: str, out: Path, address: str | None, seeds: list[int] | None) -> Path:
-    import ray
+    from .run import check_address, prepare, run_on_ray
 
-    from .run import init_ray, prepare, run_experiment
-
-    out.mkdir(parents=True, exist_ok=True)
     data, text = reproduction_spec(name, scale, seeds, out)
+    if address:
+        check_address(address)
+    out.mkdir(parents=True, exist_ok=True)
     spec_path = out / f"{name}-{scale}.spec.yaml"
     spec_path.write_text(text)
     spec, exp_uri, spec_hash = prepare(str(spec_path), None)
-    started = init_ray(address)
     t0 = time.perf_counter()
-    try:
-        run_experiment(spec, exp_uri, spec_hash, stage="test")
-    finally:
-        if started:
-            ray.shutdown()
+    run_on_ray(spec, exp_uri, spec_hash, "test", address)
     wall = time.perf_counter() - t0
     command = "metasweep reproduce " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 2 else ""
     report = write_report(name, scale, exp_uri, out, text, wall, command)

@@ -16,7 +16,7 @@ from metasweep.analysis.store import read_dataset, read_raw, write_table
 from .errors import UserError
 from .experiment import experiment_uri, is_local, read_manifest, read_text, write_manifest, write_text
 from .plan import Cell, cells, grid_trial_configs, search_space, stage_test_configs, tune_trial_base
-from .spec import Spec, load_spec
+from .spec import Spec, load_spec, parse_spec
 
 console = Console(stderr=True)
 
@@ -330,43 +330,36 @@ def print_best(spec: Spec, best: dict) -> None:
     Console().print(table)
 
 
-def sweep(spec_path: str, address: str | None = None, storage: str | None = None, stage: str = "all") -> str:
+def run_on_ray(spec: Spec, exp_uri: str, spec_hash: str, stage: str, address: str | None) -> None:
+    """Run the experiment on a cluster (`address`) or an embedded local Ray that we start and stop."""
     import ray
 
-    if address:
-        check_address(address)
-    spec, exp_uri, spec_hash = prepare(spec_path, storage)
     started = init_ray(address)
-    console.print(f"experiment [bold]{spec.experiment}[/] → {exp_uri}")
     try:
         run_experiment(spec, exp_uri, spec_hash, stage)
     finally:
         if started:
             ray.shutdown()
+
+
+def sweep(spec_path: str, address: str | None = None, storage: str | None = None, stage: str = "all") -> str:
+    if address:
+        check_address(address)  # before anything is written
+    spec, exp_uri, spec_hash = prepare(spec_path, storage)
+    console.print(f"experiment [bold]{spec.experiment}[/] → {exp_uri}")
+    run_on_ray(spec, exp_uri, spec_hash, stage, address)
     return exp_uri
 
 
 def resume(exp_uri: str, address: str | None = None, stage: str = "all") -> str:
-    import ray
-
     if "://" not in exp_uri:
         exp_uri = os.path.abspath(exp_uri)
     text = read_text(exp_uri, "spec.yaml")
     if text is None:
         raise UserError(f"{exp_uri}: not an experiment folder (no spec.yaml); start one with metasweep sweep SPEC")
-    import tempfile
-
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-        f.write(text)
-    spec, _, spec_hash = load_spec(f.name)
-    os.unlink(f.name)
+    spec, _, spec_hash = parse_spec(text, f"{exp_uri}/spec.yaml")
     console.print(f"resuming experiment [bold]{spec.experiment}[/] at {exp_uri}")
-    started = init_ray(address)
-    try:
-        run_experiment(spec, exp_uri, spec_hash, stage)
-    finally:
-        if started:
-            ray.shutdown()
+    run_on_ray(spec, exp_uri, spec_hash, stage, address)
     return exp_uri
 
 

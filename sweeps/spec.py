@@ -350,6 +350,11 @@ def load_spec(path: str | Path) -> tuple[Spec, str, str]:
         raise UserError(f"spec {path}: no such file") from None
     except OSError as e:
         raise UserError(f"spec {path}: cannot read ({e.strerror})") from None
+    return parse_spec(text, path)
+
+
+def parse_spec(text: str, path: str) -> tuple[Spec, str, str]:
+    """Validate spec text; `path` names it in errors."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
