@@ -110,10 +110,15 @@ def ProgressCallback(stage_name: str):
 
 
 def _fit(tuner, expected: int, name: str):
+    """Tuner.fit(), and a check that every trial really ended: on SIGINT Tune stops gracefully and
+    returns a partial grid (trials left RUNNING/PENDING), which must not pass as a finished stage."""
     grid = tuner.fit()
-    ended = sum(1 for r in grid if r.metrics and r.metrics.get("done_rows")) + grid.num_errors
-    stopped = sum(1 for r in grid if r.metrics and not r.metrics.get("done_rows") and r.error is None)
-    if len(grid) < expected or ended + stopped < expected:
+    trials = getattr(getattr(grid, "_experiment_analysis", None), "trials", None)
+    if trials is not None:
+        unfinished = [t for t in trials if t.status not in ("TERMINATED", "ERROR")]
+        if len(trials) < expected or unfinished:
+            raise Interrupted(f"{name}: {len(unfinished) + expected - len(trials)} of {expected} trials unfinished")
+    elif len(grid) < expected:
         raise Interrupted(name)
     return grid
 

@@ -38,11 +38,13 @@ def cli(*args):
     return [sys.executable, "-m", "metasweep.sweeps.cli", *args]
 
 
-def test_killed_driver_then_resume_gives_every_trial_and_row_exactly_once(tmp_path, ray_head):
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
+def test_killed_driver_then_resume_gives_every_trial_and_row_exactly_once(tmp_path, ray_head, how):
     (tmp_path / "spec.yaml").write_text(SPEC)
     exp = tmp_path / "res" / "resume"
+    log = open(tmp_path / "driver.log", "w")
     driver = subprocess.Popen(cli("sweep", "spec.yaml", "--address", ray_head.address, "--no-rank"), cwd=tmp_path,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         # wait until the sweep is well into its first tune cell (trials mid-way, rows committed)
         deadline = time.time() + 300
@@ -54,9 +56,17 @@ def test_killed_driver_then_resume_gives_every_trial_and_row_exactly_once(tmp_pa
         else:
             pytest.fail("no trial wrote rows in time")
         time.sleep(1.0)
+        if how == "SIGINT":  # Ctrl+C: Tune stops gracefully; the sweep must say it is unfinished
+            os.kill(driver.pid, signal.SIGINT)
+            assert driver.wait(120) == 130
+            text = (tmp_path / "driver.log").read_text()
+            assert "sweep interrupted" in text and "metasweep resume" in text
     finally:
-        os.killpg(driver.pid, signal.SIGKILL)  # the driver and only what it started
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)  # the driver and only what it started
         driver.wait(30)
+        log.close()
+    assert not (exp / "manifest.json").exists() or '"test": "done"' not in (exp / "manifest.json").read_text()
     partial = read_raw(str(exp), "trials").num_rows
     assert partial >= 2
 
