@@ -5,6 +5,16 @@ from __future__ import annotations
 from ray.tune import Callback
 
 
+def _masked(cfg: dict) -> bool:
+    """c matters for masked variants only; don't print it for the others."""
+    from metasweep.core.variants import get_variant
+
+    try:
+        return get_variant(cfg.get("variant", "maml"), **cfg.get("variant_overrides", {})).masked
+    except Exception:
+        return True
+
+
 class TrialProgress(Callback):
     def __init__(self, stage_name: str):
         self.stage_name = stage_name
@@ -21,7 +31,8 @@ class TrialProgress(Callback):
         point = trial.config.get("point", trial.config)
         cfg = {**point.get("trial", {}), **{k: v for k, v in trial.config.items() if k in ("alpha", "beta", "temperature")}}
         variant = point.get("meta", {}).get("variant", "")
-        hp = ", ".join(f"{k}={cfg[k]:.3g}" for k in ("alpha", "beta", "temperature") if k in cfg)
+        keys = ["alpha", "beta"] + (["temperature"] if _masked(cfg) else [])
+        hp = ", ".join(f"{k}={cfg[k]:.3g}" for k in keys if k in cfg)
         val = r.get("val_loss")
         val = f"{val:.4f}" if isinstance(val, float) else "-"
         self._print(f"  [{self.stage_name}] {variant} seed={cfg.get('seed', '?')} {r.get('status', 'stopped')}: "
