@@ -66,3 +66,11 @@ def test_corrupt_file_is_named(tmp_path):
 def test_missing_dataset_is_a_clear_error(tmp_path):
     with pytest.raises(StoreError, match="no results dataset here"):
         read_dataset(str(tmp_path / "nope"))
+
+
+def test_a_filesystem_uri_works_like_a_folder(tmp_path):
+    uri = f"file://{tmp_path}/exp"
+    write_trial(uri, trial_row("t1", 0), *rows(3, 1.0))
+    ds = read_dataset(uri)
+    assert ds["trials"].num_rows == 1 and ds["eval_tasks"].num_rows == 3
+    assert (tmp_path / "exp" / "trials" / "t1__a0.parquet").exists()
