@@ -33,7 +33,10 @@ def mask_noise(params: Params, model, variant: Variant, generator: torch.Generat
         return {}
     draws = 1 if variant.mask == "row" else steps
     names = sorted({mask_logits_name(n, variant) for n in adapted_names(model, variant)})
-    return {z: logistic_noise((n_tasks, draws, *params[z].shape), generator) for z in names}
+    sizes = [params[z].numel() for z in names]
+    flat = logistic_noise((n_tasks, draws, sum(sizes)), generator)  # one draw for every zeta
+    return {z: part.reshape(n_tasks, draws, *params[z].shape)
+            for z, part in zip(names, flat.split(sizes, dim=-1))}
 
 
 def gumbel_mask(zeta: torch.Tensor, noise: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -92,17 +95,20 @@ def adapt(params: Params, x_support: torch.Tensor, y_support: torch.Tensor, *, m
             return {n: v.detach() for n, v in g.items()} if first_order else g
 
     def masks_for(step: int) -> dict[str, torch.Tensor]:
+        by_zeta: dict[str, torch.Tensor] = {}  # a row mask is shared by W's row and its bias
         out = {}
         for n in names:
             z = mask_logits_name(n, variant)
             if z is None:
                 continue
-            if mask_mode == "threshold":
-                m = threshold_mask(params[z])
-            else:
-                draws = noise[z][:, 0 if variant.mask == "row" else step] if batched else \
-                    noise[z][0 if variant.mask == "row" else step]
-                m = gumbel_mask(params[z], draws, temperature)
+            if z not in by_zeta:
+                if mask_mode == "threshold":
+                    by_zeta[z] = threshold_mask(params[z])
+                else:
+                    draw = 0 if variant.mask == "row" else step
+                    by_zeta[z] = gumbel_mask(params[z], noise[z][:, draw] if batched else noise[z][draw],
+                                             temperature)
+            m = by_zeta[z]
             out[n] = _broadcast_row(m, fast[n]) if variant.mask == "row" else m
         return out
 
