@@ -54,10 +54,6 @@ def threshold_mask(zeta: torch.Tensor) -> torch.Tensor:
     return (zeta >= 0).to(zeta.dtype)
 
 
-def _broadcast_row(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return mask.reshape(mask.shape + (1,) * (like.dim() - mask.dim()))
-
-
 def adapt(params: Params, x_support: torch.Tensor, y_support: torch.Tensor, *, model, variant: Variant,
           alpha: float, temperature: float, steps: int, loss_fn, noise: dict[str, torch.Tensor] | None = None,
           mask_mode: str = "sample", all_steps: bool = False, batched: bool = False):
@@ -109,7 +105,8 @@ def adapt(params: Params, x_support: torch.Tensor, y_support: torch.Tensor, *, m
                     by_zeta[z] = gumbel_mask(params[z], noise[z][:, draw] if batched else noise[z][draw],
                                              temperature)
             m = by_zeta[z]
-            out[n] = _broadcast_row(m, fast[n]) if variant.mask == "row" else m
+            # a row mask [(tasks,) out] broadcasts over the row: [(tasks,) out, 1, ...]
+            out[n] = m.reshape(m.shape + (1,) * (params[n].dim() - 1)) if variant.mask == "row" else m
         return out
 
     def step_sizes(step: int) -> dict:

@@ -152,3 +152,21 @@ def test_mask_fraction_is_reported_for_masked_variants():
     st2 = init_state(s2, 0)
     train(s2, st2, 10, report_every=10, val_tasks=10)
     assert st2.curves[-1]["mask_fraction"] is None
+
+
+@pytest.mark.parametrize("name", ["mt-net", "mt-net-full", "m-net"])
+def test_threshold_and_sampled_masks_agree_when_zeta_is_decided(name):
+    """With |zeta| huge every sampled mask equals the thresholded one: both evaluation modes give the
+    same per-task losses (batched evaluation over many tasks)."""
+    s = setup_for(name)
+    params = init_state(s, 0).params
+    g = torch.Generator().manual_seed(0)
+    for k in params:
+        if ".zeta" in k:
+            params[k] = torch.where(torch.rand(params[k].shape, generator=g) < 0.5, -60.0, 60.0)
+    a = evaluate(s, params, n_tasks=30, shots=(5, 10), steps=(1, 3), mask_eval="sample")
+    b = evaluate(s, params, n_tasks=30, shots=(5, 10), steps=(1, 3), mask_eval="threshold")
+    np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-6)
+    c = evaluate(s, {k: (v.abs() if ".zeta" in k else v) for k, v in params.items()}, n_tasks=30, shots=(5,),
+                 steps=(1,), mask_eval="threshold")
+    assert not np.allclose(c["loss"], a["loss"][: len(c["loss"])])  # the masks matter
