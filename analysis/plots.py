@@ -396,7 +396,7 @@ def _mask_fraction(ctx: _Context, metric: str) -> Figure:
     groups: dict[str, list[tuple[list[float], float]]] = {}
     order_key: dict[str, tuple] = {}
     excluded = 0
-    for tid, label, status, step, overall, per_cell in rows:
+    for tid, label, status, _step, overall, per_cell in rows:
         if status not in ("completed", "stopped_early"):
             excluded += 1
             continue
@@ -478,7 +478,7 @@ def _ranks(ctx: _Context, metric: str) -> Figure:
     ranks = np.array([r.avg_rank[v] for v in order])
     colours = ["tab:green" if math.isclose(x, ranks.min()) else "tab:blue" for x in ranks]
     ax.barh(y, ranks, color=colours, height=0.62, label="average rank over settings")
-    for yi, v, x in zip(y, order, ranks):
+    for yi, x in zip(y, ranks):
         ax.text(x + 0.04 * k, yi, f"{x:.2f}", va="center", fontsize=8)
     ax.set_yticks(y, order)
     ax.set_xlim(0, k + 0.6)

@@ -65,7 +65,7 @@ class Variant:
     def masked(self) -> bool:
         return self.mask != "none"
 
-    def with_overrides(self, **switches) -> "Variant":
+    def with_overrides(self, **switches) -> Variant:
         """A preset with some switches changed, e.g. `PRESETS['mt-net'].with_overrides(order='first')`."""
         known = {f.name for f in fields(self)}
         unknown = sorted(set(switches) - known)

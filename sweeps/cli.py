@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -56,7 +55,7 @@ def train(
                                              "m-net-full, mt-net, mt-net-full"),
     train_shots: int = typer.Option(10, help="support points per task during meta-training (K)"),
     queries: int = typer.Option(10, help="query points per task"),
-    order: Optional[int] = typer.Option(None, help="polynomial order (task polynomial)"),
+    order: int | None = typer.Option(None, help="polynomial order (task polynomial)"),
     meta_batch: int = typer.Option(25, help="tasks per outer step"),
     meta_steps: int = typer.Option(1000, help="outer steps (meta-iterations)"),
     inner_steps: int = typer.Option(1, help="inner gradient steps during meta-training"),
@@ -150,9 +149,9 @@ def train(
 @app.command()
 def sweep(
     spec: Path = typer.Argument(..., help="spec file (YAML), e.g. sweeps/specs/quickstart.yaml"),
-    address: Optional[str] = typer.Option(None, help="Ray cluster address (HOST:PORT or auto); default: "
+    address: str | None = typer.Option(None, help="Ray cluster address (HOST:PORT or auto); default: "
                                                      "an embedded local Ray"),
-    storage: Optional[str] = typer.Option(None, help="overrides the spec's storage: a folder or a pyarrow "
+    storage: str | None = typer.Option(None, help="overrides the spec's storage: a folder or a pyarrow "
                                                      "filesystem URI such as s3://bucket/prefix"),
     stage: str = typer.Option("all", help="tune | test | all"),
     rank_after: bool = typer.Option(True, "--rank/--no-rank", help="print the ranking table at the end"),
@@ -171,7 +170,7 @@ def sweep(
     except (Interrupted, KeyboardInterrupt) as e:
         console.print(f"[bold red]sweep interrupted[/] ({e}); rows written so far are kept. Continue with: "
                       f"metasweep resume <experiment path>")
-        raise SystemExit(130)
+        raise SystemExit(130) from None
     console.print(f"results: {exp_uri}")
     if rank_after and stage != "tune":
         _print_rank(exp_uri)
@@ -180,7 +179,7 @@ def sweep(
 @app.command()
 def resume(
     experiment: str = typer.Argument(..., help="experiment path (STORAGE/EXPERIMENT)"),
-    address: Optional[str] = typer.Option(None, help="Ray cluster address; default: embedded local Ray"),
+    address: str | None = typer.Option(None, help="Ray cluster address; default: embedded local Ray"),
     rank_after: bool = typer.Option(True, "--rank/--no-rank"),
 ):
     """Continue an interrupted sweep: finished stages are skipped, unfinished Tuners restored
@@ -194,7 +193,7 @@ def resume(
         fail(str(e))
     except (Interrupted, KeyboardInterrupt) as e:
         console.print(f"[bold red]sweep interrupted[/] ({e}); continue with: metasweep resume {experiment}")
-        raise SystemExit(130)
+        raise SystemExit(130) from None
     if rank_after:
         _print_rank(exp_uri)
 
@@ -223,8 +222,8 @@ def _print_rank(exp_uri: str, **kw) -> None:
 def rank(
     experiment: str = typer.Argument(..., help="experiment path (or a `metasweep train --out` folder)"),
     metric: str = typer.Option("loss", help="loss | accuracy"),
-    stage: Optional[str] = typer.Option(None, help="test | tune | grid | single (default: test if present)"),
-    inner_steps: Optional[int] = typer.Option(None, help="evaluation inner steps (default: smallest > 0)"),
+    stage: str | None = typer.Option(None, help="test | tune | grid | single (default: test if present)"),
+    inner_steps: int | None = typer.Option(None, help="evaluation inner steps (default: smallest > 0)"),
     baseline: str = typer.Option("maml", help="variant the paired tests compare against"),
     fmt: str = typer.Option("text", "--format", help="text | markdown | latex | csv"),
 ):
@@ -252,7 +251,7 @@ def plot(
     experiment: str = typer.Argument(..., help="experiment path"),
     kind: str = typer.Option("curves", help="curves | alpha | mask-fraction | ranks"),
     output: Path = typer.Option(..., "-o", "--output", help="PNG file to write"),
-    stage: Optional[str] = typer.Option(None, help="stage to plot (default: test if present)"),
+    stage: str | None = typer.Option(None, help="stage to plot (default: test if present)"),
     metric: str = typer.Option("loss", help="loss | accuracy"),
 ):
     """Figures: learning curves with bands over seeds, loss vs alpha per variant (MT-net section 6.2),
@@ -275,7 +274,7 @@ def plot(
 def query(
     experiment: str = typer.Argument(..., help="experiment path"),
     sql: str = typer.Argument(..., help="SQL over the views trials, curves, eval_tasks (duckdb)"),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="write .csv or .parquet instead of printing"),
+    output: Path | None = typer.Option(None, "-o", "--output", help="write .csv or .parquet instead of printing"),
 ):
     """Run SQL (duckdb) over the experiment's three tables, registered as views."""
     from metasweep.analysis.query import run_query
@@ -294,8 +293,8 @@ def reproduce(
     experiment: str = typer.Argument(..., help="table1 | alpha | polynomial (MT-net sections 6.1-6.3)"),
     scale: str = typer.Option("smoke", help="smoke (minutes) | full (the paper's budget)"),
     out_dir: Path = typer.Option(..., "--out", help="folder for report.md, figures and the results dataset"),
-    address: Optional[str] = typer.Option(None, help="Ray cluster address; default: embedded local Ray"),
-    seeds: Optional[str] = typer.Option(None, help="comma-separated seeds (default: 0,1 smoke; 0,1,2 full)"),
+    address: str | None = typer.Option(None, help="Ray cluster address; default: embedded local Ray"),
+    seeds: str | None = typer.Option(None, help="comma-separated seeds (default: 0,1 smoke; 0,1,2 full)"),
 ):
     """Reproduce an MT-net regression experiment at the paper's settings and write a report with our
     numbers (mean ± 95% CI over tasks and across seeds) beside the paper's."""

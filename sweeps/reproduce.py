@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import math
 import os
 import platform
 import re
 import shlex
 import sys
-import time
 from pathlib import Path
 
 import yaml
@@ -72,9 +70,10 @@ def run(name: str, scale: str, out: Path, address: str | None, seeds: list[int] 
     spec_path = out / f"{name}-{scale}.spec.yaml"
     spec_path.write_text(text)
     spec, exp_uri, spec_hash = prepare(str(spec_path), None)
-    t0 = time.perf_counter()
-    run_on_ray(spec, exp_uri, spec_hash, "test", address)
-    wall = time.perf_counter() - t0
+    run_on_ray(spec, exp_uri, spec_hash, "test", address)  # a finished stage is skipped: report only
+    from .experiment import read_manifest
+
+    wall = float(read_manifest(exp_uri).get("wall_seconds", 0.0))  # the sweep's own time, all runs
     command = "metasweep reproduce " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 2 else ""
     report = write_report(name, scale, exp_uri, out, text, wall, command)
     return report
@@ -117,7 +116,7 @@ def table1_rows(exp_uri: str) -> dict:
 
     r = compute_ranking(exp_uri, stage=None, inner_steps=1, baseline="maml")
     rows: dict = {}
-    for (variant, (train, shots)), c in r.cells.items():
+    for (variant, (_train, shots)), c in r.cells.items():
         paper = PAPER_TABLE1.get(variant, {}).get(shots)
         lo, hi = c.seed_ci if c.seed_ci else (c.mean - c.ci95, c.mean + c.ci95)
         rows.setdefault(variant, {})[shots] = {

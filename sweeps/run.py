@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 import os
 import socket
-import sys
 import time
 
 from rich.console import Console
@@ -67,7 +66,9 @@ def init_ray(address: str | None) -> bool:
         except ConnectionError as e:
             raise UserError(f"--address {address}: could not connect to Ray ({e})") from None
         return True
-    ray.init(include_dashboard=False, log_to_driver=False)
+    # "local": always a fresh embedded instance (a bare ray.init() would try to join whatever cluster
+    # /tmp/ray last recorded, and hang if that one is gone)
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)
     return True
 
 
@@ -329,8 +330,8 @@ def print_best(spec: Spec, best: dict) -> None:
         if b is None:
             table.add_row(cell.variant, str(cell.shots), "-", "-", "-", "no completed trial")
             continue
-        fmt = lambda k: f"{b[k]:.3g}" if k in b else "-"  # noqa: E731
-        table.add_row(cell.variant, str(cell.shots), fmt("alpha"), fmt("beta"), fmt("temperature"),
+        hp = [f"{b[k]:.3g}" if k in b else "-" for k in ("alpha", "beta", "temperature")]
+        table.add_row(cell.variant, str(cell.shots), *hp,
                       f"{b['_val_loss']:.4f}")
     Console().print(table)
 

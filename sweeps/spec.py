@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import math
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -22,7 +22,7 @@ class Strict(BaseModel):
 
 class TaskSpec(Strict):
     family: Literal["sine", "polynomial"] = "sine"
-    options: dict[str, Union[float, int, list[float]]] = Field(default_factory=dict)
+    options: dict[str, float | int | list[float]] = Field(default_factory=dict)
     queries: int = Field(10, ge=1)
 
     @field_validator("options")
@@ -63,7 +63,7 @@ class VariantSpec(Strict):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
     preset: str
-    switches: dict[str, Union[bool, str]] = Field(default_factory=dict)
+    switches: dict[str, bool | str] = Field(default_factory=dict)
 
     @field_validator("preset")
     @classmethod
@@ -153,16 +153,16 @@ class HyperParams(Strict):
 
 
 class SearchOverride(Strict):
-    alpha: Optional[Range] = None
-    beta: Optional[Range] = None
-    temperature: Optional[Range] = None
+    alpha: Range | None = None
+    beta: Range | None = None
+    temperature: Range | None = None
 
 
 class SearchSpec(Strict):
     trials_per_variant: int = Field(8, ge=1)
-    alpha: Optional[Range] = Range(low=1e-3, high=1.0)
-    beta: Optional[Range] = Range(low=1e-4, high=1e-2)
-    temperature: Optional[Range] = Range(low=0.1, high=10.0)
+    alpha: Range | None = Range(low=1e-3, high=1.0)
+    beta: Range | None = Range(low=1e-4, high=1e-2)
+    temperature: Range | None = Range(low=0.1, high=10.0)
     overrides: dict[str, SearchOverride] = Field(default_factory=dict)
     seed: int = Field(0, ge=0)  # training seed of every tune trial
     sampler_seed: int = Field(0, ge=0)  # Optuna TPE seed
@@ -208,7 +208,7 @@ class Spec(Strict):
     defaults: HyperParams = HyperParams()
     search: SearchSpec = SearchSpec()
     test: TestSpec = TestSpec()
-    grid: dict[str, list[Union[float, int, str]]] = Field(default_factory=dict)
+    grid: dict[str, list[float | int | str]] = Field(default_factory=dict)
     scheduler: Scheduler = Scheduler()
     resources: Resources = Resources()
     max_concurrent: int = Field(2, ge=1)

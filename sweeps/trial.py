@@ -12,10 +12,9 @@ import socket
 import subprocess
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
-import numpy as np
 import torch
 
 from metasweep.core import HParams, get_variant
@@ -59,7 +58,7 @@ class TrialConfig:
     engine: str = "batched"  # batched | vmap | loop (core.meta.ENGINES)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrialConfig":
+    def from_dict(cls, d: dict) -> TrialConfig:
         known = set(cls.__dataclass_fields__)
         cfg = cls(**{k: v for k, v in d.items() if k in known})
         cfg.hidden = tuple(cfg.hidden)
@@ -113,7 +112,7 @@ def now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
-def _errored(cfg, error, trial_id, experiment, stage, attempt, spec_hash, started) -> "TrialResult":
+def _errored(cfg, error, trial_id, experiment, stage, attempt, spec_hash, started) -> TrialResult:
     row = {"experiment": experiment, "stage": stage, "trial_id": trial_id, "attempt": attempt,
            "variant": cfg.variant, "task_family": cfg.task, "train_shots": cfg.train_shots, "seed": cfg.seed,
            "alpha": cfg.alpha, "beta": cfg.beta, "config": json.dumps(cfg.to_dict(), sort_keys=True, default=str),

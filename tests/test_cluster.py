@@ -25,13 +25,12 @@ import uuid
 from pathlib import Path
 
 import jsonschema
-import pytest
-import yaml
-
-import ray
 
 # psutil: Ray ships its own copy (ray/thirdparty_files), importable once ray is imported; `ray stop` uses it.
 import psutil  # noqa: E402
+import pytest
+import ray
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 AWS = ROOT / "cluster.yaml"

@@ -1,6 +1,5 @@
 """The papers' math, checked numerically: eq. (16), Proposition 1, masks, meta-gradients."""
 
-import math
 
 import pytest
 import torch
@@ -111,7 +110,7 @@ def test_proposition1_update_lies_in_chosen_subspace(float64, d):
                    "c0.zeta": torch.tensor([1e4] * d + [-1e4] * (n_out - d))})
     noise = mask_noise(params, model, variant, g, 1, 3)
     proj_out = torch.eye(n_out) - U @ U.T
-    for trial in range(5):
+    for _ in range(5):
         xs, ys = torch.randn(8, n_in, generator=g), torch.randn(8, n_out, generator=g)
         fast = adapt(params, xs, ys, model=model, variant=variant, alpha=0.3, temperature=1.0, steps=3,
                      loss_fn=mse, noise={k: v[0] for k, v in noise.items()})
@@ -249,7 +248,7 @@ def test_zeta_meta_gradient_matches_finite_differences_of_relaxed_mask(float64, 
     for name in ("mt-net", "mt-net-full", "m-net"):
         setup, params, batch, noise = tiny_problem(name, inner_steps=2)
         grads, _ = meta_gradient(params, batch, noise, setup)
-        numeric = central_fd(lambda p: meta_loss(p, batch, noise, setup), params)
+        numeric = central_fd(lambda p, b=batch, n=noise, s=setup: meta_loss(p, b, n, s), params)
         for k in params:
             torch.testing.assert_close(grads[k], numeric[k], atol=1e-6, rtol=1e-5, msg=f"{name} {k}")
 
@@ -329,7 +328,9 @@ def test_presets_are_rows_of_switches():
                             "mt-net", "mt-net-full"}
     assert PRESETS["mt-net"].transform and PRESETS["mt-net"].mask == "row"
     assert PRESETS["m-net-full"].mask == "full" and not PRESETS["m-net-full"].transform
-    with pytest.raises(Exception):
+    from dataclasses import FrozenInstanceError
+
+    with pytest.raises(FrozenInstanceError):
         PRESETS["maml"].transform = True  # frozen
 
 

@@ -5,7 +5,6 @@ import sys
 from pathlib import Path
 
 import pyarrow.compute as pc
-import pytest
 
 from metasweep.analysis.store import read_dataset
 

@@ -9,10 +9,9 @@ import time
 
 import optuna
 import pytest
+from raynode import RayHead
 
 from metasweep.analysis.store import read_dataset, read_raw
-
-from raynode import RayHead
 
 SPEC = """
 experiment: resume

@@ -18,18 +18,18 @@ class Batch(NamedTuple):
     x_query: torch.Tensor
     y_query: torch.Tensor
 
-    def to(self, device=None, dtype=None) -> "Batch":
+    def to(self, device=None, dtype=None) -> Batch:
         def move(t: torch.Tensor) -> torch.Tensor:
             # labels of classification tasks stay integer
             return t.to(device=device, dtype=dtype if t.is_floating_point() else None)
 
         return Batch(*(move(t) for t in self))
 
-    def shots(self, k: int) -> "Batch":
+    def shots(self, k: int) -> Batch:
         """The same tasks with only the first k support points (support sets are nested)."""
         return Batch(self.x_support[:, :k], self.y_support[:, :k], self.x_query, self.y_query)
 
-    def select(self, index) -> "Batch":
+    def select(self, index) -> Batch:
         return Batch(*(t[index] for t in self))
 
 
