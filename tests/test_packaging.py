@@ -1,0 +1,30 @@
+"""The wheel installs one package, `metasweep`, with core/sweeps/analysis as its subpackages."""
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).parents[1]
+
+
+def test_wheel_holds_only_the_metasweep_package(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                        str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (wheel,) = tmp_path.glob("metasweep-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {n.split("/")[0] for n in names} == {"metasweep", wheel.name.split("-py")[0] + ".dist-info"}
+    for module in ("core/adapt.py", "core/tasks/regression.py", "sweeps/cli.py", "analysis/store.py",
+                   "sweeps/specs/quickstart.yaml"):
+        assert f"metasweep/{module}" in names
+    entry = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert "metasweep = metasweep.sweeps.cli:main" in entry
+
+
+def test_no_top_level_core_or_analysis_module(tmp_path):
+    r = subprocess.run([sys.executable, "-c", "import metasweep.core, metasweep.analysis.store\n"
+                        "import importlib.util as u\nprint(u.find_spec('core'), u.find_spec('analysis'))"],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "None None"
