@@ -341,13 +341,24 @@ def format_validation_error(path: str, err: ValidationError) -> str:
     return "\n".join(lines[:5])
 
 
+SHIPPED = Path(__file__).parent / "specs"
+
+
+def shipped_specs() -> list[str]:
+    return sorted(p.stem for p in SHIPPED.glob("*.yaml"))
+
+
 def load_spec(path: str | Path) -> tuple[Spec, str, str]:
-    """(spec, raw text, sha256 of the text); UserError with file and field on any problem."""
+    """(spec, raw text, sha256 of the text); UserError with file and field on any problem.
+    A bare name of a shipped spec (`quickstart`, `table1`, ...) works from any folder."""
     path = str(path)
+    if not Path(path).exists() and "/" not in path and (SHIPPED / f"{path.removesuffix('.yaml')}.yaml").exists():
+        path = str(SHIPPED / f"{path.removesuffix('.yaml')}.yaml")
     try:
         text = Path(path).read_text()
     except FileNotFoundError:
-        raise UserError(f"spec {path}: no such file") from None
+        raise UserError(f"spec {path}: no such file (shipped specs, usable by name: "
+                        f"{', '.join(shipped_specs())})") from None
     except OSError as e:
         raise UserError(f"spec {path}: cannot read ({e.strerror})") from None
     return parse_spec(text, path)

@@ -71,8 +71,14 @@ def test_cli_reports_a_bad_spec_with_exit_code_2_and_no_traceback(tmp_path):
 
 
 def test_missing_spec_file(tmp_path):
-    with pytest.raises(UserError, match="no such file"):
+    with pytest.raises(UserError, match="no such file .shipped specs, usable by name: alpha, polynomial, quickstart"):
         load_spec(tmp_path / "nope.yaml")
+
+
+def test_a_shipped_spec_can_be_named_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec, _, _ = load_spec("quickstart")
+    assert spec.experiment == "quickstart"
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
