@@ -92,3 +92,31 @@ def test_rerunning_a_different_spec_into_the_same_experiment_is_refused(tmp_path
     (tmp_path / "res" / "tiny" / "spec.yaml").write_text("experiment: tiny\nvariants: [maml]\n")
     r = metasweep("sweep", str(SPECS / "tiny.yaml"), "--storage", str(tmp_path / "res"), cwd=tmp_path, timeout=60)
     assert r.returncode == 2 and "already exists with a different spec" in r.stderr
+
+
+def test_asha_stops_weak_tune_trials_early_and_keeps_their_curves(tmp_path):
+    spec = tmp_path / "asha.yaml"
+    spec.write_text("""
+experiment: asha
+variants: [maml]
+budget: {meta_steps: 60, report_every: 10, meta_batch: 5}
+eval: {shots: [5], inner_steps: [1], tasks: 10, val_tasks: 10}
+search: {trials_per_variant: 6, alpha: {low: 0.0001, high: 0.5}}
+scheduler: {type: asha, grace_period: 1, reduction_factor: 2}
+test: {seeds: [0]}
+max_concurrent: 2
+storage: res
+""")
+    r = metasweep("sweep", str(spec), "--stage", "tune", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ds = read_dataset(str(tmp_path / "res" / "asha"))
+    trials = ds["trials"].to_pylist()
+    assert len(trials) == 6
+    statuses = {t["status"] for t in trials}
+    assert statuses <= {"completed", "stopped_early"} and "stopped_early" in statuses and "completed" in statuses
+    steps = {t["trial_id"]: t["meta_steps"] for t in trials}
+    for t in trials:
+        curve = [c["meta_step"] for c in ds["curves"].to_pylist() if c["trial_id"] == t["trial_id"]]
+        assert curve == list(range(10, steps[t["trial_id"]] + 1, 10))  # the curve up to where it stopped
+        if t["status"] == "stopped_early":
+            assert t["meta_steps"] < 60
