@@ -71,15 +71,23 @@ def run(name: str, scale: str, out: Path, address: str | None, seeds: list[int] 
     spec_path.write_text(text)
     spec, exp_uri, spec_hash = prepare(str(spec_path), None)
     run_on_ray(spec, exp_uri, spec_hash, "test", address)  # a finished stage is skipped: report only
-    from .experiment import read_manifest
-
-    wall = float(read_manifest(exp_uri).get("wall_seconds", 0.0))  # the sweep's own time, all runs
+    wall = sweep_wall_seconds(exp_uri)
     command = "metasweep reproduce " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 2 else ""
     report = write_report(name, scale, exp_uri, out, text, wall, command)
     return report
 
 
 # ------------------------------------------------------------------------------------------ report
+
+
+def sweep_wall_seconds(exp_uri: str) -> float:
+    """From the first trial's start to the last trial's end (what the sweep took, rerun-proof)."""
+    from metasweep.analysis.store import read_dataset
+
+    trials = read_dataset(exp_uri)["trials"].to_pylist()
+    if not trials:
+        return 0.0
+    return (max(t["ended_at"] for t in trials) - min(t["started_at"] for t in trials)).total_seconds()
 
 
 def environment() -> dict:

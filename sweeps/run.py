@@ -287,6 +287,7 @@ def run_experiment(spec: Spec, exp_uri: str, spec_hash: str, stage: str = "all")
             run_grid_stage(spec, exp_uri, spec_hash, "grid", grid_trial_configs(spec))
             finalize_running_rows(exp_uri, "grid")
             manifest["cells"]["grid"] = "done"
+            manifest["wall_seconds"] = manifest.get("wall_seconds", 0) + time.perf_counter() - t0
             write_manifest(exp_uri, manifest)
         return manifest
     if stage in ("tune", "all"):
