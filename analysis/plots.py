@@ -7,7 +7,9 @@
 - mask-fraction: fraction of weights updated per layer at each masked trial's last report, grouped
   by polynomial order (MT-net Fig. 4) or by variant;
 - ranks: average rank per variant across settings (`compute_ranking`), Friedman p and the Nemenyi
-  critical difference.
+  critical difference;
+- cka: linear CKA between each layer's activations before and after the inner loop (table `cka`,
+  analysis/cka.py), mean ± 95% CI over evaluation tasks and seeds, one line per variant.
 
 Figures are drawn on a bare `matplotlib.figure.Figure` (Agg canvas): importing this module never
 changes the pyplot backend of an interactive session.
@@ -32,9 +34,10 @@ from .ranking import HP_COLUMNS, compute_ranking
 
 __all__ = ["KINDS", "make_plot"]
 
-KINDS = ("curves", "alpha", "mask-fraction", "ranks")
+KINDS = ("curves", "alpha", "mask-fraction", "ranks", "cka")
 _TABLES_NEEDED = {"curves": ("trials", "curves"), "alpha": ("trials", "eval_tasks"),
-                  "mask-fraction": ("trials", "curves"), "ranks": ("trials",)}  # ranks reads its own rows
+                  "mask-fraction": ("trials", "curves"), "ranks": ("trials",),
+                  "cka": ("trials",)}  # ranks reads its own rows; cka registers its optional table itself
 DPI = 120
 STAGE_ORDER = ("test", "grid", "single", "tune")
 _REGRESSION = ("sine", "polynomial")
@@ -49,7 +52,8 @@ def make_plot(exp_uri: str, kind: str, output_png: str, stage: str | None = None
         raise ValueError(f"metric must be loss or accuracy (got {metric!r})")
     con = connect(exp_uri, _TABLES_NEEDED[kind])  # only what the figure reads (eval_tasks can be 10M+ rows)
     ctx = _Context(con, exp_uri, _pick_stage(con, exp_uri, stage))
-    fig = {"curves": _curves, "alpha": _alpha, "mask-fraction": _mask_fraction, "ranks": _ranks}[kind](ctx, metric)
+    fig = {"curves": _curves, "alpha": _alpha, "mask-fraction": _mask_fraction, "ranks": _ranks,
+           "cka": _cka}[kind](ctx, metric)
     fig.tight_layout()
     folder = os.path.dirname(os.path.abspath(output_png))
     if not os.path.isdir(folder):
@@ -502,4 +506,41 @@ def _ranks(ctx: _Context, metric: str) -> Figure:
     else:
         fried = "Friedman test not applicable (needs ≥ 3 variants and ≥ 2 settings)"
     _title(ax, ctx, f"average rank ({metric} after {r.inner_steps} inner step(s))", fried)
+    return fig
+
+
+def _cka(ctx: _Context, metric: str) -> Figure:
+    """CKA before vs after the inner loop per layer: near 1 = the layer is reused as is (feature
+    reuse), lower = the inner loop changes it (rapid learning)."""
+    from .store import read_raw
+
+    ctx.con.register("_cka_all", read_raw(ctx.exp_uri, "cka"))
+    ctx.con.execute("create or replace view cka as select * from _cka_all semi join trials using (trial_id, attempt)")
+    labels = ctx.register_labels()
+    rows = ctx.con.execute(
+        """select l.label, k.layer, avg(k.cka) as m, stddev_pop(k.cka) as sd, count(*) as n
+           from cka k join trials t using (trial_id, attempt) join plot_labels l using (trial_id)
+           where t.stage = ? and isfinite(k.cka) group by all order by l.label, k.layer""", [ctx.stage]).fetchnumpy()
+    if not len(rows["layer"]):
+        raise ValueError(f"cka plot: stage {ctx.stage} of {ctx.exp_uri} has no rows in table cka "
+                         "(write them with `metasweep train --cka-tasks N` on an image task)")
+    colours = ctx.colours(labels)
+    fig = Figure(figsize=(7.5, 4.8))
+    ax = fig.add_subplot()
+    for lab in labels:
+        sel = rows["label"] == lab
+        if not sel.any():
+            continue
+        x, m = rows["layer"][sel], rows["m"][sel].astype(float)
+        ci = 1.96 * rows["sd"][sel].astype(float) / np.sqrt(rows["n"][sel].astype(float))
+        ax.errorbar(x, m, yerr=ci, color=colours[lab], marker="o", ms=4, lw=1.6, capsize=3, label=lab)
+    n_layers = int(rows["layer"].max()) + 1
+    ax.set_xticks(range(n_layers))
+    ax.set_xticklabels([f"conv {i + 1}" for i in range(n_layers - 1)] + ["head"])
+    ax.set_xlabel("layer")
+    ax.set_ylabel("linear CKA, before vs after the inner loop")
+    ax.set_ylim(top=1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8, title="variant", title_fontsize=8)
+    _title(ax, ctx, "representation change in the inner loop (CKA)", "mean ± 95% CI over tasks and seeds")
     return fig

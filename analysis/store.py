@@ -44,8 +44,16 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("task_index", pa.int32()), ("shots", pa.int32()), ("inner_steps", pa.int32()),
         ("mask_eval", pa.string()), ("loss", pa.float64()), ("accuracy", pa.float64()),
     ]),
+    # the feature-reuse analysis (analysis/cka.py): CKA of each layer's activations before vs after
+    # the inner loop, per evaluation task. Optional: written by `metasweep train --cka-tasks N` on
+    # image tasks; not one of the three core TABLES (read it with read_raw(uri, "cka")).
+    "cka": pa.schema([
+        ("trial_id", pa.string()), ("attempt", pa.int32()), ("split", pa.string()), ("eval_seed", pa.int64()),
+        ("task_index", pa.int32()), ("shots", pa.int32()), ("inner_steps", pa.int32()), ("layer", pa.int32()),
+        ("cka", pa.float64()),
+    ]),
 }
-TABLES = tuple(SCHEMAS)
+TABLES = ("trials", "curves", "eval_tasks")
 STATUSES = ("completed", "diverged", "errored", "stopped_early")
 
 

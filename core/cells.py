@@ -80,11 +80,13 @@ class DenseNet:
 
 
 def adapted_names(model, variant: Variant) -> list[str]:
-    """The parameters the inner loop changes: W and b of every cell, or of the head only (ANIL)."""
+    """The parameters the inner loop changes: W and b of every cell, or of the head only (ANIL),
+    less the cells a model marks as `frozen_cells` (the freezing study, core.nil.FrozenCells)."""
     cells = model.cell_names()
     if variant.inner_params == "head":
         cells = cells[-1:]
-    return [f"{c}.{w}" for c in cells for w in ("W", "b")]
+    frozen = getattr(model, "frozen_cells", ())
+    return [f"{c}.{w}" for c in cells if c not in frozen for w in ("W", "b")]
 
 
 def mask_logits_name(name: str, variant: Variant) -> str | None:
@@ -98,5 +100,6 @@ def mask_logits_name(name: str, variant: Variant) -> str | None:
 
 
 def meta_only_names(params: Params) -> list[str]:
-    """Parameters that never move in the inner loop: T, zeta, learned alpha (outer loop only)."""
-    return [k for k in params if k.endswith(".T") or ".zeta" in k or k.startswith("alpha.")]
+    """Parameters that never move in the inner loop: T, zeta, learned alpha, and the conv net's
+    batch-norm gamma / beta (outer loop only)."""
+    return [k for k in params if k.endswith((".T", ".gamma", ".beta_bn")) or ".zeta" in k or k.startswith("alpha.")]

@@ -8,19 +8,23 @@ Mask noise at evaluation is drawn from a generator seeded by the same triple.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import torch
 
 from .adapt import adapt
+from .cells import adapted_names
 from .losses import PER_TASK
 from .meta import sample_noise
+from .nil import FrozenCells, nil_forward
 from .setup import Setup
 from .tasks import task_seed
 
 
-def _losses_along_trajectory(params, batch, noise, setup: Setup, steps: int, mask_mode: str):
-    """Query loss (and accuracy) of every task after 0..steps inner steps: [tasks, steps + 1]."""
+def _losses_along_trajectory(params, batch, noise, setup: Setup, steps: int, mask_mode: str, head: str = "adapt"):
+    """Query loss (and accuracy) of every task after 0..steps inner steps: [tasks, steps + 1].
+    head="nil": no head, cosine-similarity label weighting on the features (core.nil)."""
     hp = setup.hp
     trajectory = adapt(params, batch.x_support, batch.y_support, model=setup.model, variant=setup.variant,
                        alpha=hp.alpha, temperature=hp.temperature, steps=steps, loss_fn=setup.loss_fn, noise=noise,
@@ -29,7 +33,11 @@ def _losses_along_trajectory(params, batch, noise, setup: Setup, steps: int, mas
     per_task = PER_TASK[setup.loss_fn]
     with torch.no_grad():
         for fast in trajectory:
-            out = setup.model.forward(fast, batch.x_query)
+            if head == "nil":
+                out = nil_forward(setup.model, fast, batch.x_support, batch.y_support, batch.x_query,
+                                  setup.family.output_dim)
+            else:
+                out = setup.model.forward(fast, batch.x_query)
             losses.append(per_task(out, batch.y_query))
             if setup.family.loss == "cross_entropy":
                 accs.append((out.argmax(-1) == batch.y_query).to(out.dtype).flatten(1).mean(1))
@@ -37,31 +45,52 @@ def _losses_along_trajectory(params, batch, noise, setup: Setup, steps: int, mas
 
 
 def evaluate(setup: Setup, params, *, split: str = "test", eval_seed: int = 1, n_tasks: int = 600,
-             shots=(5, 10, 20), steps=(1, 10), mask_eval: str | None = None, chunk: int = 600) -> dict:
+             shots=(5, 10, 20), steps=(1, 10), mask_eval: str | None = None, chunk: int = 600,
+             head: str | None = None, frozen: tuple[int, int] | None = None) -> dict:
     """Adapt to each of `n_tasks` fixed tasks with every shot count and report the query loss after
     each requested number of inner steps (0 = before adaptation). Returns column arrays
-    (task_index, shots, inner_steps, loss, accuracy) ready for the eval_tasks table."""
+    (task_index, shots, inner_steps, loss, accuracy) ready for the eval_tasks table.
+
+    `head` ("adapt" | "nil", default the variant's eval_head) and `frozen` (cells lo..hi-1 left
+    untouched by the inner loop) are the feature-reuse study's evaluation modes (core.nil)."""
+    head = head or setup.variant.eval_head
+    if head not in ("adapt", "nil"):
+        raise ValueError(f"head must be adapt or nil (got {head!r})")
+    if head == "nil" and setup.family.loss != "cross_entropy":
+        raise ValueError("head=nil needs a classification task")
+    if frozen is not None:
+        setup = replace(setup, model=FrozenCells.block(setup.model, *frozen))
+        if not adapted_names(setup.model, setup.variant):
+            raise ValueError(f"frozen={tuple(frozen)} leaves the inner loop of {setup.variant.name!r} nothing to "
+                             "adapt (for no adaptation at all, evaluate at inner step 0)")
     mask_mode = mask_eval or setup.hp.mask_eval
     shots, steps = sorted(set(int(s) for s in shots)), sorted(set(int(s) for s in steps))
     max_steps = max(steps)
-    batch = setup.family.eval_tasks(split, eval_seed, range(n_tasks), max(shots), setup.queries)
-    batch = batch.to(setup.device, setup.dtype)
+    ways = getattr(setup.family, "ways", 1)  # classification supports hold k examples per class
     params = {k: v.detach() for k, v in params.items()}
     g = torch.Generator().manual_seed(task_seed(setup.family.key(), split, eval_seed, 0, stream=1))
     noise = sample_noise(params, setup, g, n_tasks, max(max_steps, 1))
+    parts: dict[int, tuple[list, list]] = {k: ([], []) for k in shots}
+    # at most ~8M input values per chunk (image tasks: 600 MiniImagenet tasks are ~5 GB of pixels);
+    # regression tasks are tiny, so their chunk is unchanged
+    per_task = (max(shots) + setup.queries) * ways * math.prod(setup.family.input_shape)
+    chunk = max(1, min(chunk, (1 << 23) // per_task))
+    for start in range(0, n_tasks, chunk):
+        # tasks are pure functions of their index: building them chunk by chunk changes nothing and
+        # bounds memory (600 MiniImagenet tasks would not fit at once)
+        idx = range(start, min(start + chunk, n_tasks))
+        batch = setup.family.eval_tasks(split, eval_seed, idx, max(shots), setup.queries)
+        batch = batch.to(setup.device, setup.dtype)
+        nz = {z: v[start:start + chunk] for z, v in noise.items()}
+        for k in shots:
+            with torch.no_grad():
+                l, a = _losses_along_trajectory(params, batch.shots(k, ways), nz, setup, max_steps, mask_mode, head)
+            parts[k][0].append(l)
+            parts[k][1].append(a)
     cols = {"task_index": [], "shots": [], "inner_steps": [], "loss": [], "accuracy": []}
     for k in shots:
-        sub = batch.shots(k)
-        loss_parts, acc_parts = [], []
-        for start in range(0, n_tasks, chunk):
-            idx = slice(start, start + chunk)
-            nz = {z: v[idx] for z, v in noise.items()}
-            with torch.no_grad():
-                l, a = _losses_along_trajectory(params, sub.select(idx), nz, setup, max_steps, mask_mode)
-            loss_parts.append(l)
-            acc_parts.append(a)
-        loss = torch.cat(loss_parts).cpu().double().numpy()  # [n_tasks, max_steps + 1]
-        acc = torch.cat(acc_parts).cpu().double().numpy()
+        loss = torch.cat(parts[k][0]).cpu().double().numpy()  # [n_tasks, max_steps + 1]
+        acc = torch.cat(parts[k][1]).cpu().double().numpy()
         for s in steps:
             cols["task_index"].append(np.arange(n_tasks))
             cols["shots"].append(np.full(n_tasks, k))

@@ -39,9 +39,9 @@ def int_list(text: str, option: str) -> tuple[int, ...]:
     return values
 
 
-def print_summary(summary: list[dict], title: str) -> None:
+def print_summary(summary: list[dict], title: str, metric: str = "loss") -> None:
     table = Table(title=title)
-    for col in ("shots", "inner steps", "tasks", "loss (mean ± 95% CI)"):
+    for col in ("shots", "inner steps", "tasks", f"{metric} (mean ± 95% CI)"):
         table.add_column(col, justify="right")
     for r in summary:
         table.add_row(str(r["shots"]), str(r["inner_steps"]), str(r["n"]), f"{r['mean']:.3f} ± {r['ci95']:.3f}")
@@ -50,12 +50,19 @@ def print_summary(summary: list[dict], title: str) -> None:
 
 @app.command()
 def train(
-    task: str = typer.Option("sine", help="task family: sine | polynomial"),
+    task: str = typer.Option("sine", help="task family: sine | polynomial | omniglot | miniimagenet"),
     variant: str = typer.Option("maml", help="preset: maml, fomaml, reptile, meta-sgd, anil, t-net, m-net, "
                                              "m-net-full, mt-net, mt-net-full"),
     train_shots: int = typer.Option(10, help="support points per task during meta-training (K)"),
     queries: int = typer.Option(10, help="query points per task"),
     order: int | None = typer.Option(None, help="polynomial order (task polynomial)"),
+    data_root: Path | None = typer.Option(None, help="image tasks: the dataset folder (see docs/IMAGES.md)"),
+    ways: int = typer.Option(5, help="image tasks: classes per task (N-way); shots and queries are per class"),
+    splits: str | None = typer.Option(None, help="omniglot: characters in train,val,test (default 1100,100,423)"),
+    cka_tasks: int = typer.Option(0, help="image tasks: per-layer CKA before/after the inner loop on N test "
+                                          "tasks (table cka; plot --kind cka)"),
+    cache_dir: Path | None = typer.Option(None, help="image tasks: where decoded images are cached "
+                                                      "(default $METASWEEP_CACHE_DIR or ~/.cache/metasweep/images)"),
     meta_batch: int = typer.Option(25, help="tasks per outer step"),
     meta_steps: int = typer.Option(1000, help="outer steps (meta-iterations)"),
     inner_steps: int = typer.Option(1, help="inner gradient steps during meta-training"),
@@ -64,7 +71,8 @@ def train(
     temperature: float = typer.Option(1.0, help="Gumbel-Softmax temperature c (masked variants)"),
     mask_eval: str = typer.Option("sample", help="masks at evaluation: sample | threshold"),
     seed: int = typer.Option(0, help="seeds init, task sampling and mask noise"),
-    eval_shots: str = typer.Option("5,10,20", help="shot counts to evaluate at"),
+    eval_shots: str | None = typer.Option(None, help="shot counts to evaluate at (default 5,10,20; image "
+                                                      "tasks: the training shots)"),
     eval_steps: str = typer.Option("1,10", help="inner steps to evaluate at (0 = unadapted)"),
     eval_tasks: int = typer.Option(600, help="number of fixed meta-test tasks"),
     eval_seed: int = typer.Option(1, help="seed that fixes the evaluation tasks"),
@@ -80,8 +88,9 @@ def train(
     from .trial import TrialConfig, run_trial
 
     try:
-        if task not in ("sine", "polynomial"):
-            raise UserError(f"--task: must be sine or polynomial (got {task!r})")
+        if task not in ("sine", "polynomial", "omniglot", "miniimagenet"):
+            raise UserError(f"--task: must be sine, polynomial, omniglot or miniimagenet (got {task!r})")
+        image = task in ("omniglot", "miniimagenet")
         for name, value in (("--train-shots", train_shots), ("--queries", queries), ("--meta-batch", meta_batch),
                             ("--meta-steps", meta_steps), ("--inner-steps", inner_steps),
                             ("--eval-tasks", eval_tasks), ("--report-every", report_every),
@@ -102,18 +111,47 @@ def train(
             if order < 0:
                 raise UserError(f"--order: must be >= 0 (got {order})")
             task_options["order"] = order
+        if not image and (data_root is not None or cache_dir is not None or splits is not None or cka_tasks):
+            raise UserError("--data-root / --cache-dir / --splits / --cka-tasks: only apply to --task omniglot or "
+                            "miniimagenet")
+        if image:
+            if data_root is None:
+                raise UserError(f"--data-root: required for --task {task} (the dataset folder; nothing is downloaded)")
+            if ways < 2:
+                raise UserError(f"--ways: must be >= 2 (got {ways})")
+            task_options.update(data_root=str(data_root), ways=ways)
+            if cka_tasks < 0:
+                raise UserError(f"--cka-tasks: must be >= 0 (got {cka_tasks})")
+            if splits is not None:
+                if task != "omniglot":
+                    raise UserError("--splits: only applies to --task omniglot")
+                sizes = int_list(splits, "--splits")
+                if len(sizes) != 3 or min(sizes) < 1:
+                    raise UserError(f"--splits: expected three integers >= 1: train,val,test (got {splits!r})")
+                task_options["splits"] = list(sizes)
+            if cache_dir is not None:
+                task_options["cache_dir"] = str(cache_dir)
+        if eval_shots is None:
+            eval_shots = str(train_shots) if image else "5,10,20"
         cfg = TrialConfig(task=task, task_options=task_options, variant=variant, train_shots=train_shots,
                           queries=queries, alpha=alpha, beta=beta, temperature=temperature,
                           inner_steps=inner_steps, meta_batch=meta_batch, meta_steps=meta_steps,
                           report_every=min(report_every, meta_steps), val_tasks=val_tasks, eval_tasks=eval_tasks,
                           eval_seed=eval_seed, eval_shots=int_list(eval_shots, "--eval-shots"),
                           eval_steps=int_list(eval_steps, "--eval-steps"), mask_eval=mask_eval, seed=seed,
-                          device=device)
+                          device=device, cka_tasks=cka_tasks)
         if min(cfg.eval_shots) < 1:
             raise UserError(f"--eval-shots: shot counts must be >= 1 (got {eval_shots!r})")
         from metasweep.core import get_variant
 
         get_variant(variant)
+        if image:
+            from metasweep.core.tasks import DataError, make_family
+
+            try:
+                make_family(task, **task_options).check()  # decodes (once, cached) and checks all splits
+            except (DataError, ValueError) as e:
+                raise UserError(str(e)) from None
         if device.startswith("cuda"):
             import torch
 
@@ -136,6 +174,12 @@ def train(
 
         result = run_trial(cfg, trial_id=f"{variant}-seed{seed}", experiment=out_dir.name, stage="single",
                            on_report=on_report)
+    if result.cka:  # before write_trial: the trials row, written last, commits the attempt
+        from metasweep.analysis.store import write_table
+
+        write_table(str(out_dir), "cka", {**result.cka, "trial_id": [result.trial_row["trial_id"]] * len(result.cka["cka"]),
+                                          "attempt": [result.trial_row["attempt"]] * len(result.cka["cka"])},
+                    result.trial_row["trial_id"], result.trial_row["attempt"])
     write_trial(str(out_dir), result.trial_row, result.curves, result.eval_tasks)
     console.print(f"status: [bold]{result.status}[/]  meta-steps: {result.trial_row['meta_steps']}  "
                   f"wall: {result.trial_row['wall_seconds']:.1f}s  device: {result.trial_row['device']}")
@@ -143,6 +187,12 @@ def train(
         console.print(result.trial_row["error"])
     if result.summary:
         print_summary(result.summary, f"{variant} on {task}: eval loss on {eval_tasks} meta-test tasks")
+        if image:
+            from metasweep.core.evaluate import summarize
+
+            print_summary(summarize(result.eval_tasks, "accuracy"),
+                          f"{variant} on {task}: eval accuracy on {eval_tasks} meta-test tasks ({ways}-way)",
+                          "accuracy")
     console.print(f"results: {out_dir}/{{trials,curves,eval_tasks}}/")
 
 
@@ -249,7 +299,7 @@ def rank(
 @app.command()
 def plot(
     experiment: str = typer.Argument(..., help="experiment path"),
-    kind: str = typer.Option("curves", help="curves | alpha | mask-fraction | ranks"),
+    kind: str = typer.Option("curves", help="curves | alpha | mask-fraction | ranks | cka"),
     output: Path = typer.Option(..., "-o", "--output", help="PNG file to write"),
     stage: str | None = typer.Option(None, help="stage to plot (default: test if present)"),
     metric: str = typer.Option("loss", help="loss | accuracy"),

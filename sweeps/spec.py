@@ -21,9 +21,21 @@ class Strict(BaseModel):
 
 
 class TaskSpec(Strict):
-    family: Literal["sine", "polynomial"] = "sine"
-    options: dict[str, float | int | list[float]] = Field(default_factory=dict)
+    """The task family and its options. Image families (omniglot, miniimagenet) take
+    data_root (required; ~ and $VARS are expanded when the data is read), ways, cache_dir, and for
+    Omniglot splits [train, val, test] and split_seed; queries are then per class."""
+
+    family: str = "sine"
+    options: dict[str, int | float | str | list[int] | list[float]] = Field(default_factory=dict)
     queries: int = Field(10, ge=1)
+
+    @field_validator("family")
+    @classmethod
+    def _family(cls, v):
+        if v not in ("sine", "polynomial", "omniglot", "miniimagenet"):
+            raise ValueError("Input should be 'sine' or 'polynomial' (regression), or 'omniglot' or 'miniimagenet' "
+                             "(image classification)")
+        return v
 
     @field_validator("options")
     @classmethod

@@ -19,10 +19,11 @@ import torch
 
 from metasweep.core import HParams, get_variant
 from metasweep.core.cells import DenseNet
+from metasweep.core.conv import ConvNet
 from metasweep.core.evaluate import evaluate, summarize
 from metasweep.core.setup import Setup
 from metasweep.core.state import TrainState, init_state
-from metasweep.core.tasks import make_family
+from metasweep.core.tasks import IMAGE_FAMILIES, make_family
 from metasweep.core.train import train
 
 
@@ -55,7 +56,10 @@ class TrialConfig:
     mask_eval: str = "sample"
     seed: int = 0
     device: str = "auto"
-    engine: str = "batched"  # batched | vmap | loop (core.meta.ENGINES)
+    engine: str = "auto"  # batched | vmap | loop (core.meta.ENGINES) | auto (core.setup.auto_engine: batched for
+    #                       dense nets, the measured fastest for the conv net on the device)
+    cka_tasks: int = 0  # image tasks: > 0 computes per-layer CKA before/after the inner loop on that many
+    #                     evaluation tasks (the results table `cka`, analysis/cka.py)
 
     @classmethod
     def from_dict(cls, d: dict) -> TrialConfig:
@@ -84,8 +88,14 @@ def build_setup(cfg: TrialConfig) -> Setup:
     variant = get_variant(cfg.variant, **cfg.variant_overrides)
     hp = HParams(alpha=cfg.alpha, beta=cfg.beta, temperature=cfg.temperature, inner_steps=cfg.inner_steps,
                  meta_batch=cfg.meta_batch, mask_eval=cfg.mask_eval, zeta_init=cfg.zeta_init)
-    sizes = (*family.input_shape, *cfg.hidden, family.output_dim)
-    return Setup(family, variant, hp, DenseNet(tuple(sizes)), cfg.train_shots, cfg.queries,
+    if cfg.task in IMAGE_FAMILIES:
+        # image tasks: the authors' conv net (64 filters / stride 2 for Omniglot, 32 filters / max-pool
+        # for MiniImagenet); `hidden` does not apply. Options data_root, ways, cache_dir (and Omniglot's
+        # splits, split_seed) live in task_options; queries and shots are per class.
+        model = ConvNet.for_family(family)
+    else:
+        model = DenseNet(tuple((*family.input_shape, *cfg.hidden, family.output_dim)))
+    return Setup(family, variant, hp, model, cfg.train_shots, cfg.queries,
                  device=resolve_device(cfg.device), engine=cfg.engine)
 
 
@@ -129,6 +139,7 @@ class TrialResult:
     curves: dict
     eval_tasks: dict
     summary: list[dict]
+    cka: dict = field(default_factory=dict)  # rows of the optional `cka` table
 
 
 def curve_columns(rows: list[dict]) -> dict:
@@ -170,6 +181,15 @@ def run_trial(cfg: TrialConfig, *, trial_id: str, experiment: str = "train", sta
         eval_cols["eval_seed"] = [cfg.eval_seed] * len(eval_cols["loss"])
         eval_cols["mask_eval"] = [cfg.mask_eval if setup.variant.masked else None] * len(eval_cols["loss"])
         summary = summarize(eval_cols)
+    cka_cols: dict = {}
+    if status in ("completed", "stopped_early") and cfg.cka_tasks > 0:
+        from metasweep.analysis.cka import cka_before_after
+
+        cka_cols = cka_before_after(setup, state.params, split=cfg.eval_split, eval_seed=cfg.eval_seed,
+                                    n_tasks=cfg.cka_tasks)
+        n = len(cka_cols["cka"])
+        cka_cols.update(split=[cfg.eval_split] * n, eval_seed=[cfg.eval_seed] * n,
+                        shots=[cfg.train_shots] * n)
     final_val = state.curves[-1]["val_loss"] if state.curves else float("nan")
     trial_row = {
         "experiment": experiment, "stage": stage, "trial_id": trial_id, "attempt": attempt,
@@ -185,4 +205,4 @@ def run_trial(cfg: TrialConfig, *, trial_id: str, experiment: str = "train", sta
         "node": socket.gethostname(), "device": setup.device, "package_version": package_version(),
         "git_sha": git_sha(), "spec_hash": spec_hash, "started_at": started, "ended_at": now(),
     }
-    return TrialResult(status, trial_row, curve_columns(state.curves), eval_cols, summary)
+    return TrialResult(status, trial_row, curve_columns(state.curves), eval_cols, summary, cka_cols)

@@ -76,7 +76,7 @@ def test_plot_cli_tune_stage_curves(tiny, tmp_path):
 
 def test_plot_cli_errors_are_one_line(tiny, tmp_path):
     one_error_line(metasweep("plot", str(tiny), "--kind", "bogus", "-o", str(tmp_path / "x.png")),
-                   "--kind: must be one of curves, alpha, mask-fraction, ranks (got 'bogus')")
+                   "--kind: must be one of curves, alpha, mask-fraction, ranks, cka (got 'bogus')")
     one_error_line(metasweep("plot", str(tiny), "--kind", "curves", "-o", str(tmp_path / "x.jpg")), "PNG")
     one_error_line(metasweep("plot", str(tiny), "--kind", "alpha", "-o", str(tmp_path / "x.png")),
                    "needs a sweep over alpha (a grid over alpha)")

@@ -6,9 +6,11 @@ so every variant meets the same tasks, and the support sets for 5/10/20 shots ar
 """
 
 from .base import Batch, TaskFamily, task_seed
+from .images import DataError, MiniImagenet, Omniglot
 from .regression import Polynomial, Sine
 
-FAMILIES = {"sine": Sine, "polynomial": Polynomial}
+FAMILIES = {"sine": Sine, "polynomial": Polynomial, "omniglot": Omniglot, "miniimagenet": MiniImagenet}
+IMAGE_FAMILIES = ("omniglot", "miniimagenet")
 
 
 def make_family(name: str, **options) -> TaskFamily:
@@ -17,4 +19,5 @@ def make_family(name: str, **options) -> TaskFamily:
     return FAMILIES[name](**options)
 
 
-__all__ = ["Batch", "TaskFamily", "Sine", "Polynomial", "FAMILIES", "make_family", "task_seed"]
+__all__ = ["Batch", "TaskFamily", "Sine", "Polynomial", "Omniglot", "MiniImagenet", "DataError", "FAMILIES",
+           "IMAGE_FAMILIES", "make_family", "task_seed"]

@@ -25,9 +25,12 @@ class Batch(NamedTuple):
 
         return Batch(*(move(t) for t in self))
 
-    def shots(self, k: int) -> Batch:
-        """The same tasks with only the first k support points (support sets are nested)."""
-        return Batch(self.x_support[:, :k], self.y_support[:, :k], self.x_query, self.y_query)
+    def shots(self, k: int, ways: int = 1) -> Batch:
+        """The same tasks with only the first k support points per class (support sets are nested).
+        Classification supports are laid out shot-major (all classes' shot 0, then shot 1, ...), so
+        that is the first k * ways; regression has ways = 1."""
+        n = k * ways
+        return Batch(self.x_support[:, :n], self.y_support[:, :n], self.x_query, self.y_query)
 
     def select(self, index) -> Batch:
         return Batch(*(t[index] for t in self))
