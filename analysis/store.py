@@ -118,9 +118,14 @@ def _length(rows: dict) -> int:
     return 0
 
 
-def write_trial(uri: str, trial_row: dict, curves: dict, eval_tasks: dict) -> None:
-    """All rows of one ended attempt; the trials row goes last (commit marker)."""
+def write_trial(uri: str, trial_row: dict, curves: dict, eval_tasks: dict, extra: dict | None = None) -> None:
+    """All rows of one ended attempt; the trials row goes last (commit marker). `extra` holds the
+    rows of optional tables (e.g. {"cka": columns}), written before the commit marker too."""
     tid, attempt = trial_row["trial_id"], int(trial_row["attempt"])
+    for name, cols in (extra or {}).items():
+        if _length(cols):
+            n = _length(cols)
+            write_table(uri, name, {**cols, "trial_id": [tid] * n, "attempt": [attempt] * n}, tid, attempt)
     n_curve = _length(curves)
     write_table(uri, "curves", {**curves, "trial_id": [tid] * n_curve, "attempt": [attempt] * n_curve}, tid, attempt)
     n_eval = _length(eval_tasks)

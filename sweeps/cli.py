@@ -174,13 +174,7 @@ def train(
 
         result = run_trial(cfg, trial_id=f"{variant}-seed{seed}", experiment=out_dir.name, stage="single",
                            on_report=on_report)
-    if result.cka:  # before write_trial: the trials row, written last, commits the attempt
-        from metasweep.analysis.store import write_table
-
-        write_table(str(out_dir), "cka", {**result.cka, "trial_id": [result.trial_row["trial_id"]] * len(result.cka["cka"]),
-                                          "attempt": [result.trial_row["attempt"]] * len(result.cka["cka"])},
-                    result.trial_row["trial_id"], result.trial_row["attempt"])
-    write_trial(str(out_dir), result.trial_row, result.curves, result.eval_tasks)
+    write_trial(str(out_dir), result.trial_row, result.curves, result.eval_tasks, extra={"cka": result.cka})
     console.print(f"status: [bold]{result.status}[/]  meta-steps: {result.trial_row['meta_steps']}  "
                   f"wall: {result.trial_row['wall_seconds']:.1f}s  device: {result.trial_row['device']}")
     if result.status == "errored":

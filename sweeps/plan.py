@@ -44,7 +44,7 @@ def trial_config(spec: Spec, cell: Cell, *, split: str, seed: int, **overrides) 
         inner_steps=b.inner_steps, meta_batch=b.meta_batch, meta_steps=b.meta_steps,
         report_every=b.report_every, val_tasks=e.val_tasks, val_seed=e.val_seed, eval_split=split,
         eval_seed=e.seed, eval_tasks=e.tasks, eval_shots=tuple(e.shots), eval_steps=tuple(e.inner_steps),
-        mask_eval=e.mask_eval, seed=seed)
+        mask_eval=e.mask_eval, seed=seed, cka_tasks=e.cka_tasks)
     for k, v in overrides.items():
         setattr(cfg, k, v)
     return cfg

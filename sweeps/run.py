@@ -376,7 +376,7 @@ def quarantine_rows(exp_uri: str, stage: str, variant: str | None = None, shots:
     never read - so the restarted cell does not count twice."""
     import pyarrow.fs as pafs
 
-    from metasweep.analysis.store import TABLES, resolve
+    from metasweep.analysis.store import SCHEMAS, resolve
 
     trials = read_raw(exp_uri, "trials").to_pylist()
     ids = {r["trial_id"] for r in trials if r["stage"] == stage and (variant is None or r["variant"] == variant)
@@ -385,7 +385,7 @@ def quarantine_rows(exp_uri: str, stage: str, variant: str | None = None, shots:
         return 0
     fs, root = resolve(exp_uri)
     moved = 0
-    for table in TABLES:
+    for table in SCHEMAS:  # the core tables and the optional ones (cka)
         folder = f"{root}/{table}"
         if fs.get_file_info(folder).type != pafs.FileType.Directory:
             continue

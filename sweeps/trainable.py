@@ -88,7 +88,7 @@ def metasweep_trainable(config: dict) -> None:
                        attempt=attempt, spec_hash=meta["spec_hash"], state=state, on_report=on_report)
     result.trial_row["variant"] = meta["variant"]  # the spec's name (a preset, or a named override)
     result.trial_row["node"] = node_name()
-    write_trial(uri, result.trial_row, result.curves, result.eval_tasks)
+    write_trial(uri, result.trial_row, result.curves, result.eval_tasks, extra={"cka": result.cka})
     final = {"status": result.status, "done_rows": True}
     if result.trial_row["final_val_loss"] is not None:
         final["val_loss"] = result.trial_row["final_val_loss"]
