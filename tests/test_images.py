@@ -1,9 +1,10 @@
 """Image task families: layouts, splits, the decode cache, episodes, rotations, clear errors.
 
-Omniglot tests use the two minimal background sets in /work/shared/data/omniglot (checked against
+Omniglot tests use the two minimal background sets in shared/data/omniglot beside the checkout (checked against
 its SHA256SUMS, unzipped into a temporary folder); MiniImagenet tests build a tiny tree of JPEGs."""
 
 import hashlib
+import os
 import shutil
 import zipfile
 from pathlib import Path
@@ -15,7 +16,18 @@ import torch
 from metasweep.core.tasks import DataError, MiniImagenet, Omniglot
 from metasweep.core.tasks.images import omniglot_classes
 
-SHARED = Path("/work/shared/data/omniglot")
+
+def _shared_omniglot() -> Path:
+    """The minimal sets live in shared/ beside the checkout (CI: a fresh clone with shared/ beside it)."""
+    root = Path(__file__).resolve().parents[1]
+    for candidate in (os.environ.get("METASWEEP_SHARED_DATA", ""), root.parent / "shared" / "data",
+                      root / "shared" / "data", Path("/work/shared/data")):
+        if candidate and (Path(candidate) / "omniglot" / "SHA256SUMS").is_file():
+            return Path(candidate) / "omniglot"
+    return root.parent / "shared" / "data" / "omniglot"
+
+
+SHARED = _shared_omniglot()
 ZIPS = ("images_background_small1.zip", "images_background_small2.zip")
 N_CHARACTERS = 292  # 136 + 156 characters in the two minimal sets
 SPLITS = (200, 40, 52)
