@@ -12,6 +12,7 @@ import getpass
 import hashlib
 import json
 import os
+import importlib
 import re
 import shlex
 import shutil
@@ -26,11 +27,13 @@ from pathlib import Path
 
 import jsonschema
 
-# psutil: Ray ships its own copy (ray/thirdparty_files), importable once ray is imported; `ray stop` uses it.
-import psutil  # noqa: E402
 import pytest
 import ray
 import yaml
+
+# psutil: Ray ships its own copy (ray/thirdparty_files), importable only once ray is imported (so not in
+# the import block above, which import sorting reorders); `ray stop` uses it too.
+psutil = importlib.import_module("psutil")
 
 ROOT = Path(__file__).resolve().parents[1]
 AWS = ROOT / "cluster.yaml"
