@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import getpass
 import hashlib
+import importlib
 import json
 import os
-import importlib
 import re
 import shlex
 import shutil
@@ -26,7 +26,6 @@ import uuid
 from pathlib import Path
 
 import jsonschema
-
 import pytest
 import ray
 import yaml
