@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import socket
+import threading
 import time
 
 from rich.console import Console
@@ -110,10 +112,38 @@ def ProgressCallback(stage_name: str):
     return TrialProgress(stage_name)
 
 
+_INTERRUPTED = threading.Event()
+_IN_FIT = threading.Event()
+
+
+def _on_sigint(signum, frame):
+    """Ctrl+C: remember it, and let Tune stop gracefully (it saves its experiment state one last time
+    on SIGUSR1, its own interrupt signal) when inside Tuner.fit(); elsewhere stop at once."""
+    _INTERRUPTED.set()
+    if _IN_FIT.is_set():
+        os.kill(os.getpid(), signal.SIGUSR1)
+    else:
+        raise KeyboardInterrupt
+
+
+def install_interrupt_handler() -> None:
+    """Our SIGINT handler instead of Tune's: Tune's handler swallows Ctrl+C and returns a partial
+    result that cannot always be told from a finished stage."""
+    if threading.current_thread() is threading.main_thread():
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+        signal.signal(signal.SIGINT, _on_sigint)
+
+
 def _fit(tuner, expected: int, name: str):
-    """Tuner.fit(), and a check that every trial really ended: on SIGINT Tune stops gracefully and
-    returns a partial grid (trials left RUNNING/PENDING), which must not pass as a finished stage."""
-    grid = tuner.fit()
+    """Tuner.fit(), and a check that every trial really ended: after Ctrl+C (or a partial grid, trials
+    left RUNNING/PENDING) the stage must not pass as finished."""
+    _IN_FIT.set()
+    try:
+        grid = tuner.fit()
+    finally:
+        _IN_FIT.clear()
+    if _INTERRUPTED.is_set():
+        raise Interrupted(f"{name}: stopped by Ctrl+C")
     trials = getattr(getattr(grid, "_experiment_analysis", None), "trials", None)
     if trials is not None:
         unfinished = [t for t in trials if t.status not in ("TERMINATED", "ERROR")]
@@ -341,6 +371,7 @@ def run_on_ray(spec: Spec, exp_uri: str, spec_hash: str, stage: str, address: st
     """Run the experiment on a cluster (`address`) or an embedded local Ray that we start and stop."""
     import ray
 
+    install_interrupt_handler()
     started = init_ray(address)
     try:
         run_experiment(spec, exp_uri, spec_hash, stage)

@@ -288,9 +288,14 @@ def test_curves_and_ranks_on_a_grid(alpha_grid, tmp_path):
     fig = plots._curves(ctx, "loss")
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert "maml alpha=0.001, 2 seed(s)" in labels and "mt-net alpha=1, 2 seed(s) (2 diverged)" in labels
-    # maml at alpha 1.0 has a non-finite cell in every setting: the ranking ranks nothing, and says so
-    with pytest.raises(ValueError, match="nothing to rank"):
-        plots.make_plot(alpha_grid, "ranks", str(tmp_path / "r.png"))
+    # maml at alpha 1.0 has a non-finite cell in every setting: it ranks last there (not dropped)
+    from metasweep.analysis.ranking import compute_ranking
+
+    r = compute_ranking(alpha_grid, stage="grid")
+    worst = max(r.avg_rank.values())
+    assert [v for v, rank in r.avg_rank.items() if rank == worst] == ["maml alpha=1"]
+    assert plots.make_plot(alpha_grid, "ranks", str(tmp_path / "r.png"))
+    assert_real_png(tmp_path / "r.png")
     with pytest.raises(ValueError, match="plot kind must be one of"):
         plots.make_plot(alpha_grid, "violin", str(tmp_path / "v.png"))
 
