@@ -46,8 +46,10 @@ def test_worker_killed_mid_sweep_loses_no_trial_and_no_row(tmp_path, cluster):
         while time.time() < deadline:
             if (exp / "trials").exists():
                 rows = read_raw(str(exp), "trials").to_pylist()
+                # at its second report (step 100) a trial has certainly saved its step-50 checkpoint
+                # (a row is written just before the report that carries its checkpoint)
                 on_victim = [r for r in rows if r["status"] == "running" and r["node"]
-                             and r["node"].endswith(victim.node_id[:12])]
+                             and r["node"].endswith(victim.node_id[:12]) and r["meta_steps"] >= 100]
                 if on_victim:
                     killed["trial"] = on_victim[0]["trial_id"]
                     c.remove_node(victim, allow_graceful=False)
