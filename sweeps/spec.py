@@ -16,6 +16,12 @@ from metasweep.core.variants import PRESETS, VariantError, get_variant
 from .errors import UserError
 
 
+def _int_list(values: list[int], minimum: int) -> list[int]:
+    if not values or any(x < minimum for x in values):
+        raise ValueError(f"must be a non-empty list of integers >= {minimum}")
+    return values
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -122,16 +128,12 @@ class EvalSpec(Strict):
     @field_validator("shots")
     @classmethod
     def _shots(cls, v):
-        if not v or any(s < 1 for s in v):
-            raise ValueError("must be a non-empty list of integers >= 1")
-        return v
+        return _int_list(v, 1)
 
     @field_validator("inner_steps")
     @classmethod
     def _steps(cls, v):
-        if not v or any(s < 0 for s in v):
-            raise ValueError("must be a non-empty list of integers >= 0")
-        return v
+        return _int_list(v, 0)
 
 
 class Range(Strict):
@@ -248,9 +250,7 @@ class Spec(Strict):
     @field_validator("train_shots")
     @classmethod
     def _train_shots(cls, v):
-        if not v or any(s < 1 for s in v):
-            raise ValueError("must be a non-empty list of integers >= 1")
-        return v
+        return _int_list(v, 1)
 
     @field_validator("grid")
     @classmethod
