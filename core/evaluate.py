@@ -53,6 +53,11 @@ def evaluate(setup: Setup, params, *, split: str = "test", eval_seed: int = 1, n
 
     `head` ("adapt" | "nil", default the variant's eval_head) and `frozen` (cells lo..hi-1 left
     untouched by the inner loop) are the feature-reuse study's evaluation modes (core.nil)."""
+    with setup.math_mode():
+        return _evaluate(setup, params, split, eval_seed, n_tasks, shots, steps, mask_eval, chunk, head, frozen)
+
+
+def _evaluate(setup, params, split, eval_seed, n_tasks, shots, steps, mask_eval, chunk, head, frozen) -> dict:
     head = head or setup.variant.eval_head
     if head not in ("adapt", "nil"):
         raise ValueError(f"head must be adapt or nil (got {head!r})")
