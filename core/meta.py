@@ -57,7 +57,11 @@ def meta_loss(params: Params, batch: Batch, noise: dict, setup: Setup, engine: s
 
 def meta_gradient(params: Params, batch: Batch, noise: dict, setup: Setup, engine: str | None = None):
     """(gradient of the meta-loss w.r.t. every meta-parameter, meta-loss)."""
-    engine = engine or setup.engine
+    with setup.math_mode():
+        return _meta_gradient(params, batch, noise, setup, engine or setup.engine)
+
+
+def _meta_gradient(params: Params, batch: Batch, noise: dict, setup: Setup, engine: str):
     if engine == "batched":
         leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
         loss = meta_loss(leaves, batch, noise, setup, engine)
@@ -73,6 +77,11 @@ def meta_gradient(params: Params, batch: Batch, noise: dict, setup: Setup, engin
 
 def reptile_direction(params: Params, batch: Batch, noise: dict, setup: Setup):
     """theta - mean_tasks(theta~): with SGD at rate eps this is Reptile's theta + eps (theta~ - theta)."""
+    with setup.math_mode():
+        return _reptile_direction(params, batch, noise, setup)
+
+
+def _reptile_direction(params: Params, batch: Batch, noise: dict, setup: Setup):
     hp, variant = setup.hp, setup.variant
 
     def one(xs, ys, xq, yq, nz):
@@ -101,18 +110,28 @@ def sample_noise(params: Params, setup: Setup, generator: torch.Generator, n_tas
     return {k: v.to(device=setup.device, dtype=setup.dtype) for k, v in noise.items()}
 
 
-def outer_step(setup: Setup, state) -> float:
-    """One meta-iteration on a fresh meta-batch; updates `state` in place, returns the meta-loss."""
+def graphs_apply(setup: Setup) -> bool:
+    """CUDA graphs (core/graphs.py) for meta-gradients on CUDA; Reptile's no-grad direction stays eager."""
+    return bool(setup.cuda_graphs) and str(setup.device).startswith("cuda") and setup.variant.outer != "reptile"
+
+
+def outer_step(setup: Setup, state) -> torch.Tensor:
+    """One meta-iteration on a fresh meta-batch; updates `state` in place, returns the meta-loss as a
+    0-dim tensor on the device (reading it waits for the device: the caller chooses when)."""
     hp = setup.hp
     batch = setup.family.sample(state.generator, hp.meta_batch, setup.train_shots, setup.queries)
     batch = batch.to(setup.device, setup.dtype)
     noise = sample_noise(state.params, setup, state.generator, hp.meta_batch, hp.inner_steps)
     if setup.variant.outer == "reptile":
         grads, loss = reptile_direction(state.params, batch, noise, setup)
+    elif graphs_apply(setup):
+        from .graphs import graphed_meta_gradient
+
+        grads, loss = graphed_meta_gradient(setup, state.params, batch, noise, state.runtime)
     else:
         grads, loss = meta_gradient(state.params, batch, noise, setup)
     for name, p in state.params.items():
         p.grad = grads[name]
     state.optimizer.step()
     state.step += 1
-    return float(loss)
+    return loss

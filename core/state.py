@@ -33,6 +33,7 @@ class TrainState:
     seed: int = 0
     curves: list[dict] = field(default_factory=list)
     extra: dict = field(default_factory=dict)  # e.g. attempt counter, wall time so far
+    runtime: dict = field(default_factory=dict, repr=False, compare=False)  # caches, never saved (CUDA graph)
 
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()

@@ -79,6 +79,9 @@ def train(
     report_every: int = typer.Option(100, help="validation + curve row every K meta-steps"),
     val_tasks: int = typer.Option(100, help="meta-validation tasks per report"),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
+    cuda_graphs: bool = typer.Option(True, help="CUDA: replay each meta-gradient from a captured CUDA graph "
+                                     "(same math, fewer kernel launches)"),
+    tf32: bool = typer.Option(False, help="CUDA: allow TF32 convolutions/matmuls (off: exact float32)"),
     out_dir: Path = typer.Option(Path("runs/train"), "--out", help="folder for the trial's Parquet files"),
 ):
     """Meta-train one variant (no Ray), print the evaluation table and write the Parquet rows."""
@@ -139,7 +142,7 @@ def train(
                           report_every=min(report_every, meta_steps), val_tasks=val_tasks, eval_tasks=eval_tasks,
                           eval_seed=eval_seed, eval_shots=int_list(eval_shots, "--eval-shots"),
                           eval_steps=int_list(eval_steps, "--eval-steps"), mask_eval=mask_eval, seed=seed,
-                          device=device, cka_tasks=cka_tasks)
+                          device=device, cka_tasks=cka_tasks, cuda_graphs=cuda_graphs, tf32=tf32)
         if min(cfg.eval_shots) < 1:
             raise UserError(f"--eval-shots: shot counts must be >= 1 (got {eval_shots!r})")
         from metasweep.core import get_variant

@@ -58,6 +58,8 @@ class TrialConfig:
     device: str = "auto"
     engine: str = "auto"  # batched | vmap | loop (core.meta.ENGINES) | auto (core.setup.auto_engine: batched for
     #                       dense nets, the measured fastest for the conv net on the device)
+    cuda_graphs: bool = True  # CUDA: meta-gradient replayed from a captured graph (core/graphs.py)
+    tf32: bool = False  # CUDA: TF32 convolutions/matmuls (core.setup.Setup.math_mode)
     cka_tasks: int = 0  # image tasks: > 0 computes per-layer CKA before/after the inner loop on that many
     #                     evaluation tasks (the results table `cka`, analysis/cka.py)
 
@@ -96,7 +98,7 @@ def build_setup(cfg: TrialConfig) -> Setup:
     else:
         model = DenseNet(tuple((*family.input_shape, *cfg.hidden, family.output_dim)))
     return Setup(family, variant, hp, model, cfg.train_shots, cfg.queries,
-                 device=resolve_device(cfg.device), engine=cfg.engine)
+                 device=resolve_device(cfg.device), engine=cfg.engine, cuda_graphs=cfg.cuda_graphs, tf32=cfg.tf32)
 
 
 def package_version() -> str:
