@@ -8,8 +8,8 @@
   by polynomial order (MT-net Fig. 4) or by variant;
 - ranks: average rank per variant across settings (`compute_ranking`), Friedman p and the Nemenyi
   critical difference;
-- cka: linear CKA between each layer's activations before and after the inner loop (table `cka`,
-  analysis/cka.py), mean ± 95% CI over evaluation tasks and seeds, one line per variant.
+- cka: linear CKA and SVCCA between each layer's activations before and after the inner loop (table
+  `cka`, analysis/cka.py), mean ± 95% CI over evaluation tasks and seeds, one line per variant.
 
 Figures are drawn on a bare `matplotlib.figure.Figure` (Agg canvas): importing this module never
 changes the pyplot backend of an interactive session.
@@ -510,37 +510,46 @@ def _ranks(ctx: _Context, metric: str) -> Figure:
 
 
 def _cka(ctx: _Context, metric: str) -> Figure:
-    """CKA before vs after the inner loop per layer: near 1 = the layer is reused as is (feature
-    reuse), lower = the inner loop changes it (rapid learning)."""
+    """CKA (left) and SVCCA (right, where the rows have it) before vs after the inner loop per layer:
+    near 1 = the layer is reused as is (feature reuse), lower = the inner loop changes it (rapid
+    learning)."""
     from .store import read_raw
 
     ctx.con.register("_cka_all", read_raw(ctx.exp_uri, "cka"))
     ctx.con.execute("create or replace view cka as select * from _cka_all semi join trials using (trial_id, attempt)")
     labels = ctx.register_labels()
-    rows = ctx.con.execute(
-        """select l.label, k.layer, avg(k.cka) as m, stddev_pop(k.cka) as sd, count(*) as n
-           from cka k join trials t using (trial_id, attempt) join plot_labels l using (trial_id)
-           where t.stage = ? and isfinite(k.cka) group by all order by l.label, k.layer""", [ctx.stage]).fetchnumpy()
-    if not len(rows["layer"]):
+
+    def per_layer(measure: str):
+        return ctx.con.execute(
+            f"""select l.label, k.layer, avg(k.{measure}) as m, stddev_pop(k.{measure}) as sd, count(*) as n
+                from cka k join trials t using (trial_id, attempt) join plot_labels l using (trial_id)
+                where t.stage = ? and isfinite(k.{measure}) group by all order by l.label, k.layer""",
+            [ctx.stage]).fetchnumpy()
+
+    panels = [("cka", "linear CKA", per_layer("cka")), ("cca", "SVCCA", per_layer("cca"))]
+    panels = [p for p in panels if len(p[2]["layer"])]
+    if not panels or panels[0][0] != "cka":
         raise ValueError(f"cka plot: stage {ctx.stage} of {ctx.exp_uri} has no rows in table cka "
                          "(write them with `metasweep train --cka-tasks N` on an image task)")
     colours = ctx.colours(labels)
-    fig = Figure(figsize=(7.5, 4.8))
-    ax = fig.add_subplot()
-    for lab in labels:
-        sel = rows["label"] == lab
-        if not sel.any():
-            continue
-        x, m = rows["layer"][sel], rows["m"][sel].astype(float)
-        ci = 1.96 * rows["sd"][sel].astype(float) / np.sqrt(rows["n"][sel].astype(float))
-        ax.errorbar(x, m, yerr=ci, color=colours[lab], marker="o", ms=4, lw=1.6, capsize=3, label=lab)
-    n_layers = int(rows["layer"].max()) + 1
-    ax.set_xticks(range(n_layers))
-    ax.set_xticklabels([f"conv {i + 1}" for i in range(n_layers - 1)] + ["head"])
-    ax.set_xlabel("layer")
-    ax.set_ylabel("linear CKA, before vs after the inner loop")
-    ax.set_ylim(top=1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower left", fontsize=8, title="variant", title_fontsize=8)
-    _title(ax, ctx, "representation change in the inner loop (CKA)", "mean ± 95% CI over tasks and seeds")
+    fig = Figure(figsize=(7.5 * len(panels), 4.8))
+    n_layers = max(int(rows["layer"].max()) for _, _, rows in panels) + 1
+    for i, (_, ylabel, rows) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        for lab in labels:
+            sel = rows["label"] == lab
+            if not sel.any():
+                continue
+            x, m = rows["layer"][sel], rows["m"][sel].astype(float)
+            ci = 1.96 * rows["sd"][sel].astype(float) / np.sqrt(rows["n"][sel].astype(float))
+            ax.errorbar(x, m, yerr=ci, color=colours[lab], marker="o", ms=4, lw=1.6, capsize=3, label=lab)
+        ax.set_xticks(range(n_layers))
+        ax.set_xticklabels([f"conv {i + 1}" for i in range(n_layers - 1)] + ["head"])
+        ax.set_xlabel("layer")
+        ax.set_ylabel(f"{ylabel}, before vs after the inner loop")
+        ax.set_ylim(top=1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower left", fontsize=8, title="variant", title_fontsize=8)
+        what = "CKA" if i == 0 else "SVCCA"
+        _title(ax, ctx, f"representation change in the inner loop ({what})", "mean ± 95% CI over tasks and seeds")
     return fig

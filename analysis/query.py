@@ -1,8 +1,8 @@
 """SQL over a results dataset (duckdb): `metasweep query EXP "select ..."` and `connect(EXP)`.
 
 The three tables of `read_dataset` (each trial's latest committed attempt only, see store.py) are
-registered as the views `trials`, `curves` and `eval_tasks`, so everything the ranking prints can be
-recomputed by hand:
+registered as the views `trials`, `curves` and `eval_tasks`, and the optional feature-reuse table as
+`cka` (empty when no trial wrote it), so everything the ranking prints can be recomputed by hand:
 
     >>> from metasweep.analysis.query import connect
     >>> con = connect("results/quickstart")
@@ -23,6 +23,7 @@ from .store import TABLES, StoreError, exists, latest_attempts, read_dataset, re
 __all__ = ["MAX_PRINTED_ROWS", "connect", "query_table", "run_query"]
 
 MAX_PRINTED_ROWS = 100
+OPTIONAL = ("cka",)  # tables only some trials write (see store.SCHEMAS)
 
 
 def connect(exp_uri: str, tables: tuple[str, ...] = TABLES) -> duckdb.DuckDBPyConnection:
@@ -32,29 +33,36 @@ def connect(exp_uri: str, tables: tuple[str, ...] = TABLES) -> duckdb.DuckDBPyCo
     Rows of abandoned or superseded attempts are already dropped. Raises StoreError (a ValueError)
     when there is no dataset at `exp_uri` or a file does not match the schema.
     """
-    unknown = set(tables) - set(TABLES)
+    unknown = set(tables) - set(TABLES) - set(OPTIONAL)
     if unknown:
-        raise ValueError(f"unknown table(s) {sorted(unknown)}; the tables are {', '.join(TABLES)}")
+        raise ValueError(f"unknown table(s) {sorted(unknown)}; the tables are {', '.join(TABLES + OPTIONAL)}")
     con = duckdb.connect()
     if set(tables) >= set(TABLES):
         ds = read_dataset(exp_uri)
         for name in TABLES:
             con.register(name, ds[name])  # a view over the Arrow table (no copy)
+        for name in OPTIONAL:
+            _register_latest(con, exp_uri, name)
         return con
     if not exists(exp_uri):
         raise StoreError(f"{exp_uri}: no results dataset here (expected folders trials/, curves/, eval_tasks/)")
     con.register("trials", latest_attempts(read_raw(exp_uri, "trials")))
     for name in tables:
-        if name != "trials":  # the same rows as read_dataset keeps: those of each trial's latest committed attempt
-            con.register(f"_{name}_all", read_raw(exp_uri, name))
-            con.execute(f"create view {name} as select * from _{name}_all semi join trials using (trial_id, attempt)")
+        if name != "trials":
+            _register_latest(con, exp_uri, name)
     return con
+
+
+def _register_latest(con: duckdb.DuckDBPyConnection, exp_uri: str, name: str) -> None:
+    """The view `name`: the same rows as read_dataset keeps, those of each trial's latest committed attempt."""
+    con.register(f"_{name}_all", read_raw(exp_uri, name))
+    con.execute(f"create view {name} as select * from _{name}_all semi join trials using (trial_id, attempt)")
 
 
 def _sql_error(e: duckdb.Error) -> ValueError:
     msg = str(e).strip()
     if isinstance(e, duckdb.CatalogException):
-        msg += f"\n(the views are: {', '.join(TABLES)})"
+        msg += f"\n(the views are: {', '.join(TABLES + OPTIONAL)})"
     return ValueError(msg)
 
 

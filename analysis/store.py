@@ -44,15 +44,17 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("task_index", pa.int32()), ("shots", pa.int32()), ("inner_steps", pa.int32()),
         ("mask_eval", pa.string()), ("loss", pa.float64()), ("accuracy", pa.float64()),
     ]),
-    # the feature-reuse analysis (analysis/cka.py): CKA of each layer's activations before vs after
-    # the inner loop, per evaluation task. Optional: written by `metasweep train --cka-tasks N` on
+    # the feature-reuse analysis (analysis/cka.py): CKA and SVCCA of each layer's activations before vs
+    # after the inner loop, per evaluation task. Optional: written by `metasweep train --cka-tasks N` on
     # image tasks; not one of the three core TABLES (read it with read_raw(uri, "cka")).
     "cka": pa.schema([
         ("trial_id", pa.string()), ("attempt", pa.int32()), ("split", pa.string()), ("eval_seed", pa.int64()),
         ("task_index", pa.int32()), ("shots", pa.int32()), ("inner_steps", pa.int32()), ("layer", pa.int32()),
-        ("cka", pa.float64()),
+        ("cka", pa.float64()), ("cca", pa.float64()),
     ]),
 }
+# columns added to a table after files were first written with it: older files read them as null
+LATER_COLUMNS = {"cka": ("cca",)}
 TABLES = ("trials", "curves", "eval_tasks")
 STATUSES = ("completed", "diverged", "errored", "stopped_early")
 
@@ -140,6 +142,9 @@ def _read_checked(fs: pafs.FileSystem, path: str, table_name: str) -> pa.Table:
         table = pq.read_table(path, filesystem=fs)
     except Exception as e:  # corrupt / truncated file
         raise StoreError(f"{path}: not a readable Parquet file ({e})") from None
+    for name in LATER_COLUMNS.get(table_name, ()):
+        if name not in table.schema.names:
+            table = table.append_column(name, pa.nulls(table.num_rows, expected.field(name).type))
     check_columns(path, table.schema, table_name)
     return table.select(expected.names).cast(expected)
 

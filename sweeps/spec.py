@@ -123,7 +123,7 @@ class EvalSpec(Strict):
     val_tasks: int = Field(100, ge=1)
     val_seed: int = Field(0, ge=0)
     mask_eval: Literal["sample", "threshold"] = "sample"
-    cka_tasks: int = Field(0, ge=0)  # image tasks: per-layer CKA before/after the inner loop (table cka)
+    cka_tasks: int = Field(0, ge=0)  # image tasks: per-layer CKA/SVCCA before/after the inner loop (table cka)
 
     @field_validator("shots")
     @classmethod

@@ -269,7 +269,21 @@ def test_short_omniglot_run_beats_chance(omniglot_root, tmp_path):
     cka = read_raw(str(out), "cka").to_pandas()
     assert len(cka) == 8 * 5 and sorted(set(cka["layer"])) == [0, 1, 2, 3, 4]
     assert ((cka["cka"] > 0) & (cka["cka"] <= 1 + 1e-9)).all() and set(cka["shots"]) == {1}
+    # SVCCA over the spatial positions of 25 query images: defined for conv 1-3; conv 4 is pooled
+    # (25 points of 64 channels: undefined, NaN)
+    conv = cka[cka["layer"] < 3]["cca"]
+    assert conv.notna().all() and ((conv > 0) & (conv <= 1 + 1e-9)).all()
+    assert cka[cka["layer"] == 3]["cca"].isna().all()
+    from metasweep.analysis.query import query_table
+
+    by_layer = query_table(str(out), "select layer, count(*) as n, avg(cka) as cka from cka group by layer order by layer")
+    assert by_layer["n"].to_pylist() == [8] * 5
+    assert by_layer["cka"].to_pylist() == pytest.approx(cka.groupby("layer")["cka"].mean().tolist())
     assert make_plot(str(out), "cka", str(tmp_path / "cka.png")) and (tmp_path / "cka.png").stat().st_size > 1000
+    import matplotlib.image
+
+    height, width = matplotlib.image.imread(tmp_path / "cka.png").shape[:2]
+    assert width > 2.5 * height  # two panels side by side: CKA and SVCCA
     ev = read_dataset(str(out))["eval_tasks"].to_pandas()
     acc = ev.groupby("inner_steps")["accuracy"].agg(["mean", "std", "count"])
     assert set(ev["shots"]) == {1} and acc.loc[1, "count"] == 60

@@ -1,4 +1,4 @@
-"""NIL evaluation, the freezing study and linear CKA (the feature-reuse analysis). Tiny conv nets."""
+"""NIL evaluation, the freezing study, linear CKA and SVCCA (the feature-reuse analysis). Tiny conv nets."""
 
 from dataclasses import dataclass
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from metasweep.analysis.cka import cka_before_after, linear_cka, summarize_cka
+from metasweep.analysis.cka import cka_before_after, linear_cka, summarize_cka, svcca
 from metasweep.core import HParams, get_variant
 from metasweep.core.cells import adapted_names
 from metasweep.core.conv import ConvNet
@@ -121,3 +121,33 @@ def test_cka_before_after_per_layer():
     np.testing.assert_allclose(a["cka"][a["layer"] < 2], 1.0, atol=1e-9)
     rows = summarize_cka(a)
     assert [r["layer"] for r in rows] == [0, 1, 2] and rows[0]["mean"] == pytest.approx(1.0)
+    # SVCCA: the first conv layer has 4x4 positions x 6 query images = 96 data points of 4 channels:
+    # ANIL's is unchanged (1), MAML's moves a little. The second is spatially pooled (6 points of 4
+    # channels, 4 + 4 kept directions > 5): undefined, NaN - not a trivial 1
+    np.testing.assert_allclose(a["cca"][a["layer"] == 0], 1.0, atol=1e-9)
+    first = cols["cca"][cols["layer"] == 0]
+    assert np.isfinite(first).all() and (first > 0.5).all() and (first <= 1 + 1e-9).all()
+    assert np.isnan(cols["cca"][cols["layer"] == 1]).all()
+    assert summarize_cka(a, "cca")[0]["mean"] == pytest.approx(1.0)
+
+
+def test_svcca_is_mean_canonical_correlation_and_invariant(float64):
+    """Known canonical correlations 0.9, 0.5, 0 give a mean of ~0.467; CCA of a representation with
+    any invertible linear map of itself is 1; SVCCA's 99 % cut drops the low-variance directions;
+    too few data points for the kept directions is NaN, not a trivial 1."""
+    g = torch.Generator().manual_seed(0)
+    n = 40_000
+    z, e = torch.randn(n, 3, generator=g), torch.randn(n, 3, generator=g)
+    rho = torch.tensor([0.9, 0.5, 0.0])
+    x, y = z, rho * z + torch.sqrt(1 - rho**2) * e
+    mix = torch.randn(3, 3, generator=g)
+    assert svcca(x @ mix, y, keep=1.0) == pytest.approx(float(rho.mean()), abs=0.01)
+    assert svcca(x, 5.0 * x @ mix + 2.0, keep=1.0) == pytest.approx(1.0, abs=1e-9)
+    # one direction carries > 99 % of the variance of both: SVCCA keeps only it
+    big = torch.randn(2000, 1, generator=g)
+    xa = torch.cat([10 * big, 0.01 * torch.randn(2000, 4, generator=g)], 1)
+    ya = torch.cat([-3 * big, 0.01 * torch.randn(2000, 4, generator=g)], 1)
+    assert svcca(xa, ya) == pytest.approx(1.0, abs=1e-6)
+    assert svcca(xa, ya, keep=1.0) < 0.5  # all five: four of them are unrelated noise
+    assert np.isnan(svcca(torch.randn(5, 7, generator=g), torch.randn(5, 7, generator=g)))
+    assert np.isnan(svcca(torch.ones(50, 3), torch.randn(50, 3, generator=g)))

@@ -74,3 +74,21 @@ def test_a_filesystem_uri_works_like_a_folder(tmp_path):
     ds = read_dataset(uri)
     assert ds["trials"].num_rows == 1 and ds["eval_tasks"].num_rows == 3
     assert (tmp_path / "exp" / "trials" / "t1__a0.parquet").exists()
+
+
+def test_cka_files_written_before_the_cca_column_read_it_as_null(tmp_path):
+    """`cca` joined the optional `cka` table later: an older file without it still reads (as null),
+    while a missing original column is still an error naming the file."""
+    from metasweep.analysis.store import read_raw
+
+    old = SCHEMAS["cka"].remove(SCHEMAS["cka"].get_field_index("cca"))
+    (tmp_path / "cka").mkdir()
+    row = {"trial_id": ["t"], "attempt": [0], "split": ["test"], "eval_seed": [1], "task_index": [0], "shots": [1],
+           "inner_steps": [1], "layer": [0], "cka": [0.9]}
+    pq.write_table(pa.table(row, schema=old), tmp_path / "cka" / "t__a0.parquet")
+    t = read_raw(str(tmp_path), "cka")
+    assert t.num_rows == 1 and t["cka"].to_pylist() == [0.9] and t["cca"].to_pylist() == [None]
+    del row["cka"]
+    pq.write_table(pa.table(row, schema=old.remove(old.get_field_index("cka"))), tmp_path / "cka" / "u__a0.parquet")
+    with pytest.raises(StoreError, match=r"u__a0.parquet: column 'cka' is missing"):
+        read_raw(str(tmp_path), "cka")
