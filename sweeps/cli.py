@@ -81,7 +81,7 @@ def train(
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
     cuda_graphs: bool = typer.Option(True, help="CUDA: replay each meta-gradient from a captured CUDA graph "
                                      "(same math, fewer kernel launches)"),
-    tf32: bool = typer.Option(False, help="CUDA: allow TF32 convolutions/matmuls (off: exact float32)"),
+    tf32: bool = typer.Option(False, help="CUDA: allow TF32 convolutions/matmuls (off: full float32 precision)"),
     out_dir: Path = typer.Option(Path("runs/train"), "--out", help="folder for the trial's Parquet files"),
 ):
     """Meta-train one variant (no Ray), print the evaluation table and write the Parquet rows."""
