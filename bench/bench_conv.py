@@ -20,7 +20,6 @@ import argparse
 import json
 import statistics
 import time
-from dataclasses import dataclass
 
 import torch
 
@@ -29,34 +28,7 @@ from metasweep.core.conv import ConvNet
 from metasweep.core.meta import outer_step
 from metasweep.core.setup import Setup
 from metasweep.core.state import init_state
-from metasweep.core.tasks import Batch
-
-
-@dataclass(frozen=True)
-class SyntheticImages:
-    ways: int = 5
-    channels: int = 1
-    size: int = 28
-    name = "synthetic-images"
-    loss = "cross_entropy"
-
-    @property
-    def input_shape(self):
-        return (self.channels, self.size, self.size)
-
-    @property
-    def output_dim(self):
-        return self.ways
-
-    def key(self):
-        return self.name
-
-    def sample(self, g, n_tasks, shots, queries):
-        def part(k):
-            x = torch.rand(n_tasks, k * self.ways, self.channels, self.size, self.size, generator=g)
-            return x, torch.arange(self.ways).repeat(k).expand(n_tasks, -1).contiguous()
-
-        return Batch(*part(shots), *part(queries))
+from metasweep.core.tasks.synthetic import SyntheticImages
 
 
 def main() -> None:

@@ -21,26 +21,7 @@ from metasweep.core.conv import ConvNet
 from metasweep.core.meta import meta_gradient, sample_noise
 from metasweep.core.setup import Setup
 from metasweep.core.state import init_state
-from metasweep.core.tasks import Batch
-from metasweep.core.tasks.base import FamilyBase
-
-
-class RandomOmniglot(FamilyBase):
-    ways = 5
-    name = "random-omniglot"
-    loss = "cross_entropy"
-    input_shape = (1, 28, 28)
-    output_dim = 5
-
-    def key(self):
-        return self.name
-
-    def sample(self, g, n_tasks, shots, queries):
-        def part(k):
-            y = torch.arange(5).repeat(k).expand(n_tasks, -1).contiguous()
-            return torch.rand(n_tasks, k * 5, 1, 28, 28, generator=g) + 0.2 * y.view(n_tasks, -1, 1, 1, 1), y
-
-        return Batch(*part(shots), *part(queries))
+from metasweep.core.tasks.synthetic import SyntheticImages
 
 
 def main() -> None:
@@ -52,7 +33,7 @@ def main() -> None:
     d = torch.float64
     for name in args.variants.split(","):
         hp = HParams(alpha=0.4, inner_steps=1, meta_batch=args.meta_batch)
-        base = Setup(RandomOmniglot(), get_variant(name), hp, ConvNet.omniglot(5), 1, 15, device=args.device)
+        base = Setup(SyntheticImages(), get_variant(name), hp, ConvNet.omniglot(5), 1, 15, device=args.device)
         g = torch.Generator().manual_seed(0)
         params = init_state(replace(base, device="cpu", dtype=d), 0).params
         batch = base.family.sample(g, args.meta_batch, 1, 15)

@@ -201,3 +201,21 @@ def test_auto_engine_is_one_switch_per_model_and_device():
 
 
 NET_FOR_AUTO = MODELS["stride"]
+
+
+def test_synthetic_images_have_the_real_shapes_labels_and_fixed_eval_tasks():
+    """The benchmark/device-check family: Omniglot's and MiniImagenet's shapes, shot-major labels,
+    a class signal, and evaluation tasks fixed by seed like every family."""
+    from metasweep.core.tasks.synthetic import SyntheticImages
+
+    fam, mini = SyntheticImages(), SyntheticImages(5, 3, 84)
+    b = fam.sample(torch.Generator().manual_seed(0), 2, 1, 3)
+    assert b.x_support.shape == (2, 5, 1, 28, 28) and b.x_query.shape == (2, 15, 1, 28, 28)
+    assert b.y_query[0].tolist() == [0, 1, 2, 3, 4] * 3
+    means = [float(b.x_query[:, b.y_query[0] == c].mean()) for c in range(5)]
+    assert means == sorted(means) and means[4] - means[0] > 0.6  # 0.2 brighter per class
+    assert ConvNet.omniglot(5).forward(ConvNet.omniglot(5).init(get_variant("maml"), HParams(), torch.Generator()),
+                                       b.x_query).shape == (2, 15, 5)
+    assert mini.sample(torch.Generator(), 1, 1, 1).x_support.shape == (1, 5, 3, 84, 84)
+    a, c = fam.eval_tasks("test", 1, range(3), 1, 2), fam.eval_tasks("test", 1, range(3), 1, 2)
+    assert all(torch.equal(x, y) for x, y in zip(a, c)) and fam.key() != mini.key()

@@ -3,7 +3,7 @@
 Skipped where there is no GPU (CI has none). Run on a GPU machine with
 `python3 -m pytest -q tests/test_cuda.py`; docs/BENCHMARKS.md records the last such run."""
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import pytest
 import torch
@@ -14,34 +14,13 @@ from metasweep.core import HParams, get_variant
 from metasweep.core.meta import meta_gradient, sample_noise
 from metasweep.core.setup import Setup
 from metasweep.core.state import init_state, load_state
-from metasweep.core.tasks import Batch, Sine
-from metasweep.core.tasks.base import FamilyBase
+from metasweep.core.tasks import Sine
+from metasweep.core.tasks.synthetic import SyntheticImages
 from metasweep.core.train import train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 D = torch.float64
-
-
-@dataclass(frozen=True)
-class OmniglotSized(FamilyBase):
-    """Random 1x28x28 images, 5 ways, shot-major labels: the real net's shapes without the data."""
-
-    ways: int = 5
-    name = "omniglot-sized"
-    loss = "cross_entropy"
-    input_shape = (1, 28, 28)
-    output_dim = 5
-
-    def key(self):
-        return self.name
-
-    def sample(self, g, n_tasks, shots, queries):
-        def part(k):
-            y = torch.arange(self.ways).repeat(k).expand(n_tasks, -1).contiguous()
-            return torch.rand(n_tasks, k * self.ways, 1, 28, 28, generator=g) + 0.2 * y.view(n_tasks, -1, 1, 1, 1), y
-
-        return Batch(*part(shots), *part(queries))
 
 
 def to_cuda(tree):
@@ -88,7 +67,7 @@ def omniglot_problem(name, meta_batch=8, **setup_kw):
     from metasweep.core.conv import ConvNet
 
     hp = HParams(alpha=0.4, inner_steps=1, meta_batch=meta_batch)
-    base = Setup(OmniglotSized(), get_variant(name), hp, ConvNet.omniglot(5), 1, 15, device="cuda",
+    base = Setup(SyntheticImages(), get_variant(name), hp, ConvNet.omniglot(5), 1, 15, device="cuda",
                  engine="batched", **setup_kw)
     g = torch.Generator().manual_seed(0)
     params = init_state(replace(base, device="cpu", dtype=D), 0).params
