@@ -35,7 +35,22 @@ class RayHead:
         else:
             self.stop()
             raise RuntimeError("ray head did not come up")
-        time.sleep(2)  # the raylet registers shortly after the GCS listens
+        self._wait_for_node(deadline)
+
+    def _wait_for_node(self, deadline: float) -> None:
+        """The GCS listens before the head's raylet has registered with it: wait for an alive node."""
+        from ray._raylet import GcsClient
+
+        client = GcsClient(address=self.address)
+        while time.time() < deadline:
+            try:
+                if any(n.state == 0 for n in client.get_all_node_info(timeout=2).values()):  # 0: ALIVE
+                    return
+            except Exception:  # the GCS may still be starting its services
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError("ray head's node did not register")
 
     @property
     def address(self) -> str:

@@ -35,7 +35,7 @@ SPLITS = (200, 40, 52)
 
 def unzip_omniglot(dest: Path) -> Path:
     if not all((SHARED / z).is_file() for z in ZIPS):
-        pytest.skip("minimal Omniglot sets not available")
+        pytest.skip(reason="minimal Omniglot sets not available")
     sums = dict(line.split()[::-1] for line in (SHARED / "SHA256SUMS").read_text().splitlines() if line.strip())
     for z in ZIPS:
         digest = hashlib.sha256((SHARED / z).read_bytes()).hexdigest()

@@ -45,16 +45,18 @@ def test_killed_driver_then_resume_gives_every_trial_and_row_exactly_once(tmp_pa
     driver = subprocess.Popen(cli("sweep", "spec.yaml", "--address", ray_head.address, "--no-rank"), cwd=tmp_path,
                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        # wait until the sweep is well into its first tune cell (trials mid-way, rows committed)
+        # wait until the sweep is well into its first tune cell: two trials have rows, and one is
+        # mid-way past its second report (so a checkpoint of it is certainly saved)
         deadline = time.time() + 300
         while time.time() < deadline:
             if (exp / "trials").exists() and len(list((exp / "trials").glob("*.parquet"))) >= 2:
-                break
+                rows = read_raw(str(exp), "trials").to_pylist()
+                if any(r["status"] == "running" and r["meta_steps"] >= 100 for r in rows):
+                    break
             assert driver.poll() is None, "the sweep ended before it could be interrupted"
             time.sleep(0.2)
         else:
-            pytest.fail("no trial wrote rows in time")
-        time.sleep(1.0)
+            pytest.fail("no trial got past its second report in time")
         if how == "SIGINT":  # Ctrl+C: Tune stops gracefully; the sweep must say it is unfinished
             os.kill(driver.pid, signal.SIGINT)
             assert driver.wait(120) == 130
