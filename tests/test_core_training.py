@@ -170,3 +170,60 @@ def test_threshold_and_sampled_masks_agree_when_zeta_is_decided(name):
     c = evaluate(s, {k: (v.abs() if ".zeta" in k else v) for k, v in params.items()}, n_tasks=30, shots=(5,),
                  steps=(1,), mask_eval="threshold")
     assert not np.allclose(c["loss"], a["loss"][: len(c["loss"])])  # the masks matter
+
+
+# ---------------------------------------------------------------- math mode (CUDA flags)
+
+
+class RecordingNet:
+    """The dense net, recording the cuDNN/matmul flags in force at every forward."""
+
+    def __init__(self):
+        from metasweep.core.cells import DenseNet
+
+        self.net, self.seen = DenseNet(), set()
+
+    def __getattr__(self, name):
+        return getattr(self.net, name)
+
+    def forward(self, *args, **kwargs):
+        cudnn = torch.backends.cudnn
+        self.seen.add((cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32, cudnn.deterministic))
+        return self.net.forward(*args, **kwargs)
+
+
+@pytest.mark.parametrize("tf32,deterministic", [(False, True), (True, False)])
+def test_math_mode_holds_for_meta_gradients_and_evaluation_and_is_restored(tf32, deterministic):
+    """Setup.math_mode: TF32 off and deterministic cuDNN (the defaults) inside every meta-gradient
+    and evaluation, whatever the process had before, and the process's flags back afterwards -
+    also when the computation raises."""
+    from metasweep.core.meta import meta_gradient, sample_noise
+
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    old = cudnn.allow_tf32, matmul.allow_tf32, cudnn.deterministic
+    cudnn.allow_tf32, matmul.allow_tf32, cudnn.deterministic = True, True, False  # PyTorch-like, permissive
+    try:
+        net = RecordingNet()
+        s = Setup(Sine(), get_variant("mt-net"), HParams(meta_batch=2), model=net, train_shots=5, queries=5,
+                  tf32=tf32, deterministic=deterministic)
+        g = torch.Generator().manual_seed(0)
+        params = init_state(s, 0).params
+        meta_gradient(params, s.family.sample(g, 2, 5, 5), sample_noise(params, s, g, 2, 1), s)
+        evaluate(s, params, n_tasks=3, shots=(5,), steps=(1,))
+        # deterministic=False leaves the process's setting alone (here: False)
+        assert net.seen == {(tf32, tf32, deterministic)}
+        assert (cudnn.allow_tf32, matmul.allow_tf32, cudnn.deterministic) == (True, True, False)
+        with pytest.raises(RuntimeError), s.math_mode():
+            raise RuntimeError("inside")
+        assert (cudnn.allow_tf32, matmul.allow_tf32, cudnn.deterministic) == (True, True, False)
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32, cudnn.deterministic = old
+
+
+def test_trial_config_carries_the_cuda_switches_to_the_setup():
+    from metasweep.sweeps.trial import TrialConfig, build_setup
+
+    default = build_setup(TrialConfig(device="cpu"))
+    assert (default.cuda_graphs, default.tf32, default.deterministic) == (True, False, True)
+    s = build_setup(TrialConfig(device="cpu", cuda_graphs=False, tf32=True))
+    assert (s.cuda_graphs, s.tf32) == (False, True)
