@@ -14,9 +14,34 @@ from __future__ import annotations
 import torch
 from torch.func import grad
 
-from .cells import Params, adapted_names, mask_logits_name
 from .losses import PER_TASK
+from .model import Params
 from .variants import Variant
+
+
+def adapted_names(model, variant: Variant, frozen: tuple[str, ...] = ()) -> list[str]:
+    """The parameters the inner loop changes: W and b of every cell, or of the head only (ANIL),
+    less the cells in `frozen` (names like "c0": the freezing study of Raghu et al.)."""
+    cells = model.cell_names()
+    if variant.inner_params == "head":
+        cells = cells[-1:]
+    return [f"{c}.{w}" for c in cells if c not in frozen for w in ("W", "b")]
+
+
+def mask_logits_name(name: str, variant: Variant) -> str | None:
+    """Which zeta gates the update of adapted parameter `name` (eq. 8-9); None if unmasked."""
+    cell, kind = name.split(".")
+    if variant.mask == "row":
+        return f"{cell}.zeta"  # a row's bias follows its row (authors' code)
+    if variant.mask == "full":
+        return f"{cell}.zeta_{kind}"
+    return None
+
+
+def meta_only_names(params: Params) -> list[str]:
+    """Parameters that never move in the inner loop: T, zeta, learned alpha, and the conv net's
+    batch-norm gamma / beta (outer loop only)."""
+    return [k for k in params if k.endswith((".T", ".gamma", ".beta_bn")) or ".zeta" in k or k.startswith("alpha.")]
 
 
 def logistic_noise(shape, generator: torch.Generator) -> torch.Tensor:
@@ -26,13 +51,14 @@ def logistic_noise(shape, generator: torch.Generator) -> torch.Tensor:
 
 
 def mask_noise(params: Params, model, variant: Variant, generator: torch.Generator, n_tasks: int,
-               steps: int) -> dict[str, torch.Tensor]:
+               steps: int, frozen: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
     """Noise for every mask logit, shape [n_tasks, draws, *zeta.shape]. Row masks are sampled once
-    per task and reused at every inner step (draws = 1); full masks are resampled every step."""
+    per task and reused at every inner step (draws = 1); full masks are resampled every step. With
+    n_tasks = 1 the draws of the first s steps do not depend on `steps` (one stream, filled in order)."""
     if not variant.masked:
         return {}
     draws = 1 if variant.mask == "row" else steps
-    names = sorted({mask_logits_name(n, variant) for n in adapted_names(model, variant)})
+    names = sorted({mask_logits_name(n, variant) for n in adapted_names(model, variant, frozen)})
     sizes = [params[z].numel() for z in names]
     flat = logistic_noise((n_tasks, draws, sum(sizes)), generator)  # one draw for every zeta
     return {z: part.reshape(n_tasks, draws, *params[z].shape)
@@ -56,7 +82,7 @@ def threshold_mask(zeta: torch.Tensor) -> torch.Tensor:
 
 def adapt(params: Params, x_support: torch.Tensor, y_support: torch.Tensor, *, model, variant: Variant,
           alpha: float, temperature: float, steps: int, loss_fn, noise: dict[str, torch.Tensor] | None = None,
-          mask_mode: str = "sample", all_steps: bool = False, batched: bool = False):
+          mask_mode: str = "sample", all_steps: bool = False, batched: bool = False, frozen: tuple[str, ...] = ()):
     """k inner steps on the support set; returns the fast parameters (or, with `all_steps`, the
     list after step 0..k).
 
@@ -64,8 +90,9 @@ def adapt(params: Params, x_support: torch.Tensor, y_support: torch.Tensor, *, m
     [draws, *zeta.shape]. Batched (`batched=True`): inputs and noise carry a leading task dimension,
     the adapted parameters are expanded to [tasks, ...], and one `torch.autograd.grad` of the summed
     per-task losses gives every task's own gradient at once (tasks are independent) - the same math
-    with far fewer dispatches. Second order unless the variant is first order."""
-    names = adapted_names(model, variant)
+    with far fewer dispatches. Second order unless the variant is first order. `frozen` cells are
+    left out of the inner loop (the freezing study)."""
+    names = adapted_names(model, variant, frozen)
     first_order = variant.order == "first"
     if batched:
         n_tasks = x_support.shape[0]

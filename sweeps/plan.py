@@ -7,12 +7,10 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
-from metasweep.core.variants import get_variant
+from metasweep.core.registry import make_learner
 
 from .spec import Range, Spec
 from .trial import TrialConfig
-
-SEARCHED = ("alpha", "beta", "temperature")
 
 
 @dataclass(frozen=True)
@@ -29,9 +27,10 @@ def cells(spec: Spec) -> list[Cell]:
     return [Cell(v, k) for v in spec.variant_names() for k in spec.train_shots]
 
 
-def is_masked(spec: Spec, variant: str) -> bool:
+def learner_of(spec: Spec, variant: str):
+    """The learner a variant of the spec names (its preset with its switches)."""
     preset, switches = spec.variant_of(variant)
-    return get_variant(preset, **switches).masked
+    return make_learner(preset, name=variant, **switches)
 
 
 def trial_config(spec: Spec, cell: Cell, *, split: str, seed: int, **overrides) -> TrialConfig:
@@ -51,13 +50,12 @@ def trial_config(spec: Spec, cell: Cell, *, split: str, seed: int, **overrides) 
 
 
 def search_space(spec: Spec, variant: str) -> dict[str, Range]:
-    """The ranges Optuna searches for one variant: alpha, beta, and c only for masked variants
-    (the temperature does nothing without a mask). Per-variant overrides replace a range."""
+    """The ranges Optuna searches for one variant: the hyper-parameters its learner searches (for a
+    gradient learner alpha, beta, and c only with a mask: the temperature does nothing without one).
+    Per-variant overrides replace a range."""
     space = {}
     override = spec.search.overrides.get(variant)
-    for name in SEARCHED:
-        if name == "temperature" and not is_masked(spec, variant):
-            continue
+    for name in learner_of(spec, variant).searched():
         rng = getattr(override, name, None) if override else None
         rng = rng or getattr(spec.search, name)
         if rng is not None:
