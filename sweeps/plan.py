@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
+from metasweep.core.hparams import hparam_def
 from metasweep.core.registry import make_learner
 
 from .spec import Range, Spec
@@ -21,6 +22,10 @@ class Cell:
     @property
     def name(self) -> str:
         return f"{self.variant}-k{self.shots}"
+
+
+TRIAL_FIELDS = set(TrialConfig.__dataclass_fields__) - {"alpha", "beta", "temperature", "inner_steps", "meta_batch",
+                                                        "mask_eval", "zeta_init"}
 
 
 def cells(spec: Spec) -> list[Cell]:
@@ -45,7 +50,10 @@ def trial_config(spec: Spec, cell: Cell, *, split: str, seed: int, **overrides) 
         eval_seed=e.seed, eval_tasks=e.tasks, eval_shots=tuple(e.shots), eval_steps=tuple(e.inner_steps),
         mask_eval=e.mask_eval, seed=seed, cka_tasks=e.cka_tasks)
     for k, v in overrides.items():
-        setattr(cfg, k, v)
+        if k in TRIAL_FIELDS:
+            setattr(cfg, k, v)
+        else:
+            cfg.set_hparam(k, v)
     return cfg
 
 
@@ -57,6 +65,9 @@ def search_space(spec: Spec, variant: str) -> dict[str, Range]:
     override = spec.search.overrides.get(variant)
     for name in learner_of(spec, variant).searched():
         rng = getattr(override, name, None) if override else None
+        if rng is None and not hasattr(spec.search, name):  # a learner's own: its declared default range
+            low, high, log = hparam_def(name).search
+            rng = Range(low=low, high=high, log=log)
         rng = rng or getattr(spec.search, name)
         if rng is not None:
             space[name] = rng

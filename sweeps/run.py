@@ -3,6 +3,7 @@ keeps a manifest so that an interrupted sweep resumes where it stopped, and prin
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -18,6 +19,7 @@ from .errors import UserError
 from .experiment import experiment_uri, is_local, read_manifest, read_text, write_manifest, write_text
 from .plan import Cell, cells, grid_trial_configs, search_space, stage_test_configs, tune_trial_base
 from .spec import Spec, load_spec, parse_spec
+from .trial import TrialConfig
 
 console = Console(stderr=True)
 
@@ -252,7 +254,8 @@ def best_configs(spec: Spec, exp_uri: str) -> dict[str, dict]:
         if not rows:
             continue
         best = min(rows, key=lambda r: r["final_val_loss"])
-        hp = {k: best[k] for k in search_space(spec, cell.variant)}
+        conf = TrialConfig.from_dict(json.loads(best["config"]))
+        hp = {k: conf.hparam(k) for k in search_space(spec, cell.variant)}
         out[cell.name] = {**hp, "_val_loss": best["final_val_loss"], "_trial_id": best["trial_id"]}
     return out
 

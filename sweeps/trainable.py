@@ -48,10 +48,10 @@ def metasweep_trainable(config: dict) -> None:
         config = {**config["point"], **{k: v for k, v in config.items() if k != "point"}}
     meta = config["meta"]
     trial = dict(config["trial"])
-    for key in ("alpha", "beta", "temperature"):
-        if key in config:  # chosen by Optuna (define-by-run space)
-            trial[key] = float(config[key])
     cfg = TrialConfig.from_dict(trial)
+    for key, value in config.items():  # hyper-parameters chosen by Optuna (define-by-run space) are top level
+        if key not in ("trial", "meta", "point"):
+            cfg.set_hparam(key, value)
     torch.set_num_threads(max(1, int(meta.get("cpus", 1))))
     trial_id = f"{meta['stage']}-{tune.get_context().get_trial_id()}"
     uri = meta["results_uri"]

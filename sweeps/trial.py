@@ -20,6 +20,8 @@ import torch
 from metasweep.analysis.summary import summarize
 from metasweep.core import HParams
 from metasweep.core.evaluate import evaluate
+from metasweep.core.hparams import COMMON
+from metasweep.core.hparams import default as default_hparam
 from metasweep.core.registry import load_plugins, make_family, make_learner
 from metasweep.core.setup import Setup, check_sizes
 from metasweep.core.state import TrainState, init_state
@@ -75,6 +77,16 @@ class TrialConfig:
         cfg.eval_shots = tuple(int(s) for s in cfg.eval_shots)
         cfg.eval_steps = tuple(int(s) for s in cfg.eval_steps)
         return cfg
+
+    def set_hparam(self, name: str, value) -> None:
+        """Set a hyper-parameter by name: a common one is a field, a learner's own goes to extra_hparams."""
+        if name in COMMON:
+            setattr(self, name, value)
+        else:
+            self.extra_hparams = {**self.extra_hparams, name: value}
+
+    def hparam(self, name: str):
+        return getattr(self, name) if name in COMMON else self.extra_hparams.get(name, default_hparam(name))
 
     def to_dict(self) -> dict:
         d = asdict(self)
