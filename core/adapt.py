@@ -65,10 +65,18 @@ def mask_noise(params: Params, model, variant: Variant, generator: torch.Generat
             for z, part in zip(names, flat.split(sizes, dim=-1))}
 
 
+def task_factor(value, like: torch.Tensor):
+    """A hyper-parameter as a factor of `like`: a number or 0-dim tensor as is; one value per task
+    ([tasks], a bundle folded into the task dimension) viewed as [tasks, 1, ...]."""
+    if isinstance(value, torch.Tensor) and value.dim() == 1:
+        return value.view(-1, *([1] * (like.dim() - 1)))
+    return value
+
+
 def gumbel_mask(zeta: torch.Tensor, noise: torch.Tensor, temperature: float) -> torch.Tensor:
     """Straight-through Gumbel-Softmax over [zeta, 0] (eq. 10-11): hard 0/1 in the forward pass,
     the gradient of the relaxed sigmoid((zeta + g1 - g2) / c) in the backward pass."""
-    soft = torch.sigmoid((zeta + noise.to(zeta.dtype)) / temperature)
+    soft = torch.sigmoid((zeta + noise.to(zeta.dtype)) / task_factor(temperature, zeta))
     hard = (soft > 0.5).to(zeta.dtype)
     # exactly 0/1 in value; the sigmoid's gradient. (A custom autograd.Function doing the same in one
     # op each way measured slower here: its Python overhead costs more than the ops it saves.)
@@ -82,7 +90,8 @@ def threshold_mask(zeta: torch.Tensor) -> torch.Tensor:
 
 def adapt(params: Params, x_support: torch.Tensor, y_support: torch.Tensor, *, model, variant: Variant,
           alpha: float, temperature: float, steps: int, loss_fn, noise: dict[str, torch.Tensor] | None = None,
-          mask_mode: str = "sample", all_steps: bool = False, batched: bool = False, frozen: tuple[str, ...] = ()):
+          mask_mode: str = "sample", all_steps: bool = False, batched: bool = False, frozen: tuple[str, ...] = (),
+          task_params: bool = False):
     """k inner steps on the support set; returns the fast parameters (or, with `all_steps`, the
     list after step 0..k).
 
@@ -91,14 +100,16 @@ def adapt(params: Params, x_support: torch.Tensor, y_support: torch.Tensor, *, m
     the adapted parameters are expanded to [tasks, ...], and one `torch.autograd.grad` of the summed
     per-task losses gives every task's own gradient at once (tasks are independent) - the same math
     with far fewer dispatches. Second order unless the variant is first order. `frozen` cells are
-    left out of the inner loop (the freezing study)."""
+    left out of the inner loop (the freezing study). `task_params` (batched only): every parameter
+    already has the task dimension, and alpha / temperature may be one value per task (a bundle of
+    trials folded into the task dimension, core.bundle)."""
     names = adapted_names(model, variant, frozen)
     first_order = variant.order == "first"
     if batched:
         n_tasks = x_support.shape[0]
         per_task = PER_TASK[loss_fn]
         outer = torch.is_grad_enabled() and any(params[n].requires_grad for n in params)
-        fast = {n: params[n].expand(n_tasks, *params[n].shape) for n in names}
+        fast = {n: params[n] if task_params else params[n].expand(n_tasks, *params[n].shape) for n in names}
         if not outer:
             fast = {n: f.detach().clone().requires_grad_(True) for n, f in fast.items()}
 
@@ -133,7 +144,7 @@ def adapt(params: Params, x_support: torch.Tensor, y_support: torch.Tensor, *, m
                                              temperature)
             m = by_zeta[z]
             # a row mask [(tasks,) out] broadcasts over the row: [(tasks,) out, 1, ...]
-            out[n] = m.reshape(m.shape + (1,) * (params[n].dim() - 1)) if variant.mask == "row" else m
+            out[n] = m.reshape(m.shape + (1,) * (fast[n].dim() - m.dim())) if variant.mask == "row" else m
         return out
 
     def step_sizes(step: int) -> dict:
@@ -141,7 +152,7 @@ def adapt(params: Params, x_support: torch.Tensor, y_support: torch.Tensor, *, m
         masks = masks_for(step)
         lrs = {}
         for n in names:
-            lr = params[f"alpha.{n}"] if variant.learned_alpha else alpha
+            lr = params[f"alpha.{n}"] if variant.learned_alpha else task_factor(alpha, fast[n])
             lrs[n] = masks[n] * lr if n in masks else lr
         return lrs
 

@@ -41,10 +41,12 @@ def glorot(shape, fan_in: int, fan_out: int, generator: torch.Generator) -> torc
 
 
 def batch_norm(h: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-    """h: [N, tasks, C, H, W]; statistics per task and channel over (N, H, W), biased variance."""
+    """h: [N, tasks, C, H, W]; statistics per task and channel over (N, H, W), biased variance.
+    gamma, beta: [C], or [tasks, C] (per-task parameters: a bundle folded into the task dimension)."""
     mean = h.mean(dim=(0, 3, 4), keepdim=True)
     var = (h - mean).pow(2).mean(dim=(0, 3, 4), keepdim=True)
-    return (h - mean) * torch.rsqrt(var + BN_EPS) * gamma.view(-1, 1, 1) + beta.view(-1, 1, 1)
+    shape = (1, *gamma.shape, 1, 1) if gamma.dim() == 2 else (-1, 1, 1)
+    return (h - mean) * torch.rsqrt(var + BN_EPS) * gamma.view(shape) + beta.view(shape)
 
 
 @dataclass(frozen=True)
@@ -140,8 +142,8 @@ class ConvNet:
         y = F.conv2d(h.reshape(n, t * c_in, *h.shape[3:]), weight, bias, stride=stride, padding=1, groups=t)
         y = y.reshape(n, t, -1, *y.shape[2:])  # [N, tasks, F, H, W]
         T = p.get(f"{c}.T")
-        if T is not None:  # a 1x1 conv: y_g = sum_f T[g, f] y_f
-            y = torch.einsum("gf,ntfhw->ntghw", T, y)
+        if T is not None:  # a 1x1 conv: y_g = sum_f T[g, f] y_f (T [tasks, g, f]: one per task)
+            y = torch.einsum("tgf,ntfhw->ntghw" if T.dim() == 3 else "gf,ntfhw->ntghw", T, y)
         y = F.relu(batch_norm(y, p[f"{c}.gamma"], p[f"{c}.beta_bn"]))
         if self.downsample == "maxpool":
             y = F.max_pool2d(y.flatten(1, 2), 2, 2)

@@ -94,6 +94,7 @@ class LearnerBase:
 
     inner_loop = False
     outer = "gradient"
+    fold = False  # batched outputs/query_loss accept `task_params=True` (core.bundle's fold mode)
 
     def searched(self) -> tuple[str, ...]:
         return tuple(h for h in self.reads() if h in ("beta",))
@@ -112,10 +113,12 @@ class LearnerBase:
     def noise(self, setup, params: Params, generator: torch.Generator, n_tasks: int, steps: int) -> dict:
         return {}
 
-    def query_loss(self, setup, params: Params, batch, noise: dict, *, batched: bool) -> torch.Tensor:
+    def query_loss(self, setup, params: Params, batch, noise: dict, *, batched: bool,
+                   task_params: bool = False) -> torch.Tensor:
         steps = setup.hp.inner_steps if self.inner_loop else 0
+        extra = {"task_params": True} if task_params else {}
         out = self.outputs(setup, params, batch.x_support, batch.y_support, batch.x_query, noise, steps=steps,
-                           every_step=False, batched=batched)[-1]
+                           every_step=False, batched=batched, **extra)[-1]
         loss = PER_TASK if batched else LOSSES
         return loss[setup.family.loss](out, batch.y_query)
 
