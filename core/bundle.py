@@ -113,10 +113,14 @@ def check_bundle(setups: list[Setup], mode: str = "vmap") -> None:
         raise ValueError(f"learner {first.learner.name!r} cannot be folded into the task dimension: use mode vmap "
                          "or loop")
     for s in setups[1:]:
-        for what in ("family", "learner", "model", "train_shots", "queries", "device", "dtype", "engine"):
+        for what in ("family", "learner", "model", "train_shots", "train_shots_range", "queries", "device", "dtype",
+                     "engine"):
             if getattr(s, what) != getattr(first, what):
                 raise ValueError(f"bundle members must share the {what} (got {getattr(first, what)!r} and "
                                  f"{getattr(s, what)!r})")
+    if mode != "loop" and first.train_shots_range is not None:
+        raise ValueError("members with a train_shots_range draw their own support sizes, so their meta-batches differ "
+                         "in shape: bundle them with mode loop")
     for name in varying(setups):
         if mode != "loop" and hparam_def(name).kind != "float":
             raise ValueError(f"bundle members differ in {name}, which changes shapes or code paths: bundle only "

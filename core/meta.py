@@ -106,8 +106,10 @@ def sample_noise(params: Params, setup: Setup, generator: torch.Generator, n_tas
 
 
 def graphs_apply(setup: Setup) -> bool:
-    """CUDA graphs (core/graphs.py) for meta-gradients on CUDA; Reptile's no-grad direction stays eager."""
-    return bool(setup.cuda_graphs) and str(setup.device).startswith("cuda") and setup.learner.outer != "reptile"
+    """CUDA graphs (core/graphs.py) for meta-gradients on CUDA; Reptile's no-grad direction stays eager,
+    and so do meta-batches of varying shapes (`train_shots_range`: a graph is captured per shape)."""
+    return (bool(setup.cuda_graphs) and str(setup.device).startswith("cuda") and setup.learner.outer != "reptile"
+            and setup.train_shots_range is None)
 
 
 def outer_step(setup: Setup, state) -> torch.Tensor:

@@ -18,7 +18,14 @@ ENGINES = ("batched", "vmap", "loop")  # how the tasks of a meta-batch are compu
 @dataclass(frozen=True)
 class Setup:
     """`learner`: a Learner (core.learners), or a Variant (the gradient-based learner of that row).
-    `model`: default the learner's model for the family (core.registry.default_model)."""
+    `model`: default the learner's model for the family (core.registry.default_model).
+
+    `train_shots`: the support size K of meta-training and of meta-validation. `train_shots_range`
+    (lo, hi): meta-train on varying shots instead - each meta-batch draws its K uniformly from
+    lo..hi (inclusive) with the trial's generator (`draw_train_shots`; every task of one meta-batch
+    shares it, since the batch is one tensor); validation stays at `train_shots`. None (default):
+    every meta-batch has `train_shots`, and no extra number is drawn (the draws are those of a
+    setup without the option, bit for bit)."""
 
     family: TaskFamily
     learner: object
@@ -32,8 +39,11 @@ class Setup:
     cuda_graphs: bool = True  # on CUDA, replay the meta-gradient from a captured CUDA graph (core/graphs.py)
     tf32: bool = False  # on CUDA, allow TF32 convolutions/matmuls (see math_mode)
     deterministic: bool = True  # on CUDA, deterministic cuDNN algorithms (exact resume; see math_mode)
+    train_shots_range: tuple[int, int] | None = None  # meta-train on K ~ U{lo..hi} per meta-batch (draw_train_shots)
 
     def __post_init__(self) -> None:
+        if self.train_shots_range is not None:
+            object.__setattr__(self, "train_shots_range", check_shots_range(self.train_shots_range))
         if isinstance(self.learner, Variant):
             from .learners import make_gradient_learner
 
@@ -81,6 +91,30 @@ class Setup:
             cudnn.allow_tf32, matmul.allow_tf32, cudnn.deterministic, cudnn.benchmark = old
 
 
+def check_shots_range(value) -> tuple[int, int]:
+    """(lo, hi) as two integers with 1 <= lo <= hi; ValueError naming what is allowed."""
+    ok = isinstance(value, (tuple, list)) and len(value) == 2 and all(
+        isinstance(k, int) and not isinstance(k, bool) for k in value)
+    if not ok or not 1 <= value[0] <= value[1]:
+        raise ValueError(f"train_shots_range must be two integers (lo, hi) with 1 <= lo <= hi (got {value!r})")
+    return int(value[0]), int(value[1])
+
+
+def draw_train_shots(setup: Setup, generator: torch.Generator) -> int:
+    """The support size K of the next meta-training batch: `train_shots`, or with `train_shots_range`
+    (lo, hi) a uniform draw from lo..hi (inclusive) from the trial's generator (so a resumed trial
+    draws the same sequence)."""
+    if setup.train_shots_range is None:
+        return setup.train_shots
+    lo, hi = setup.train_shots_range
+    return lo + int(torch.randint(hi - lo + 1, (1,), generator=generator))
+
+
+def max_train_shots(setup: Setup) -> int:
+    """The largest support size meta-training can draw (e.g. a sequence model's receptive field)."""
+    return setup.train_shots if setup.train_shots_range is None else max(setup.train_shots, setup.train_shots_range[1])
+
+
 def auto_engine(model, device: str) -> str:
     """The engine measured fastest for a model on a device (one switch, `engine: auto`).
 
@@ -98,12 +132,12 @@ def auto_engine(model, device: str) -> str:
 
 def check_sizes(setup: Setup, *, eval_split: str = "test", eval_shots=(), val: bool = True) -> None:
     """Every constraint the data or the learner imposes on a trial, checked before any training:
-    training episodes (train shots + queries per class) from the train split, validation ones from the
-    val split, evaluation ones (the largest evaluated shot count + queries) from `eval_split`, ways
-    against each split's classes; then the learner's own `check`. Raises ValueError (the family's
-    DataError) naming the split, the sizes and what to lower."""
+    training episodes (train shots, or the top of train_shots_range, + queries per class) from the
+    train split, validation ones from the val split, evaluation ones (the largest evaluated shot
+    count + queries) from `eval_split`, ways against each split's classes; then the learner's own
+    `check`. Raises ValueError (the family's DataError) naming the split, the sizes and what to lower."""
     family = setup.family
-    family.check_episode("train", setup.train_shots, setup.queries)
+    family.check_episode("train", max_train_shots(setup), setup.queries)
     if val:
         family.check_episode("val", setup.train_shots, setup.queries)
     if eval_shots:

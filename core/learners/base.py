@@ -108,7 +108,11 @@ class LearnerBase:
         return None
 
     def train_batch(self, setup, generator: torch.Generator):
-        return setup.family.sample(generator, setup.hp.meta_batch, setup.train_shots, setup.queries)
+        """hp.meta_batch tasks of `train_shots` support points (per class), or of a support size drawn
+        from `train_shots_range` for this meta-batch (core.setup.draw_train_shots)."""
+        from ..setup import draw_train_shots
+
+        return setup.family.sample(generator, setup.hp.meta_batch, draw_train_shots(setup, generator), setup.queries)
 
     def noise(self, setup, params: Params, generator: torch.Generator, n_tasks: int, steps: int) -> dict:
         return {}
