@@ -31,4 +31,6 @@ register_learner_kind("gradient", make_gradient_learner,
 for _v in VARIANT_TABLE.values():
     register_preset(_v.name, "gradient", **{k: x for k, x in _v.as_dict().items() if k != "name"})
 
+from . import blackbox  # noqa: E402,F401  (registers the black-box learners: mann, snail, metanet, meta-lstm, cnp)
+
 __all__ = ["Learner", "LearnerBase", "GradientLearner", "CosineReadout", "make_gradient_learner"]
