@@ -52,6 +52,8 @@ for _d in (
     HParamDef("mann_memory_width", 40, kind="int", low=1, low_inclusive=True, help="MANN: memory row width (40)"),
     HParamDef("mann_read_heads", 4, kind="int", low=1, low_inclusive=True, help="MANN: read heads n (4)"),
     HParamDef("mann_gamma", 0.95, low=0, high=1.0, help="MANN: usage decay gamma of LRUA (0.95)"),
+    HParamDef("mann_read_scale", 1.0, low=0, search=(1.0, 30.0, True),
+              help="MANN: inverse temperature of the read softmax(s * cos) (the paper: 1)"),
 ):
     register_hparam(_d)
 
@@ -77,15 +79,15 @@ def usage_update(usage_prev: torch.Tensor, read: torch.Tensor, write: torch.Tens
     return gamma * usage_prev + read.sum(-2) + write.sum(-2)
 
 
-def lrua_access(memory, usage_prev, read_prev, keys, alpha, gamma):
+def lrua_access(memory, usage_prev, read_prev, keys, alpha, gamma, scale=1.0):
     """One LRUA write then read. memory [..., S, W], usage_prev [..., S], read_prev [..., R, S], keys
     [..., R, W], alpha [..., R] -> (memory [..., S, W], reads [..., R, W], read weights [..., R, S],
-    usage [..., S])."""
+    usage [..., S]). `scale` multiplies the cosines in the read softmax (1: the paper)."""
     n_heads = keys.shape[-2]
     write = write_weights(alpha, read_prev, least_used(usage_prev, n_heads))
     keep = 1 - least_used(usage_prev, 1)  # the least used slot is zeroed before writing
     memory = memory * keep.unsqueeze(-1) + write.transpose(-1, -2) @ keys
-    read = torch.softmax(cosine(keys.unsqueeze(-2), memory.unsqueeze(-3)), dim=-1)
+    read = torch.softmax(scale * cosine(keys.unsqueeze(-2), memory.unsqueeze(-3)), dim=-1)
     return memory, read @ memory, read, usage_update(usage_prev, read, write, gamma)
 
 
@@ -107,13 +109,13 @@ def initial_state(lead: tuple, hidden: int, slots: int, width: int, heads: int, 
                  z(heads, slots), z(slots))
 
 
-def step(p: Params, x: torch.Tensor, state: State, gamma) -> tuple[torch.Tensor, State]:
+def step(p: Params, x: torch.Tensor, state: State, gamma, scale) -> tuple[torch.Tensor, State]:
     """One time step: x [..., D] (the input with the previous label) -> (output [..., out], state)."""
     heads, width = state.reads.shape[-2:]
     h, c = lstm_cell(p, "mann.ctrl", torch.cat([x, state.reads.flatten(-2)], -1), state.h, state.c)
     keys = torch.tanh(linear(p, "mann.key", h)).unflatten(-1, (heads, width))
     alpha = linear(p, "mann.alpha", h)
-    memory, reads, read_w, usage = lrua_access(state.memory, state.usage, state.read_w, keys, alpha, gamma)
+    memory, reads, read_w, usage = lrua_access(state.memory, state.usage, state.read_w, keys, alpha, gamma, scale)
     out = linear(p, "mann.out", torch.cat([h, reads.flatten(-2)], -1))
     return out, State(h, c, memory, reads, read_w, usage)
 
@@ -131,7 +133,8 @@ class MANN(BlackBoxLearner):
     train_on: str = "episode"  # episode (every prediction of the sequence, the paper) | query
     shuffle: bool = True  # support order and class labels shuffled every meta-training episode
     network = "mann"
-    own_hparams = ("mann_controller", "mann_memory_slots", "mann_memory_width", "mann_read_heads", "mann_gamma")
+    own_hparams = ("mann_controller", "mann_memory_slots", "mann_memory_width", "mann_read_heads", "mann_gamma",
+                   "mann_read_scale")
 
     def __post_init__(self) -> None:
         check_choice(self, "embedding", ("raw", "conv"))
@@ -171,13 +174,13 @@ class MANN(BlackBoxLearner):
         heads = params["mann.alpha.W"].shape[0]
         state = initial_state(es.shape[:-2], params["mann.ctrl.W_hh"].shape[-1], hp.get("mann_memory_slots"),
                               params["mann.key.W"].shape[0] // heads, heads, es)
-        gamma = hp.get("mann_gamma")
+        gamma, scale = hp.get("mann_gamma"), hp.get("mann_read_scale")
         outs = []
         for t in range(inputs.shape[-2]):
-            out, state = step(params, inputs[..., t, :], state, gamma)
+            out, state = step(params, inputs[..., t, :], state, gamma, scale)
             outs.append(out)
         last = labels[..., -1:, :].expand(*eq.shape[:-1], labels.shape[-1])
-        query_out, _ = step(params, torch.cat([eq, last], dim=-1), per_query(state, eq.shape[-2]), gamma)
+        query_out, _ = step(params, torch.cat([eq, last], dim=-1), per_query(state, eq.shape[-2]), gamma, scale)
         return torch.stack(outs, dim=-2), query_out
 
     def predict(self, setup, params: Params, x_support, y_support, x_query, noise: dict, *, batched: bool):

@@ -41,13 +41,15 @@ from ...lstm import lstm_cell, lstm_init
 from ...model import Params
 from .common import BlackBoxLearner, blackbox_network, check_choice, per_task
 from .embedding import make_embedding
-from .nn import cosine, linear, linear_init, mlp, mlp_init, preprocess
+from .nn import cosine, linear, linear_init, mlp, mlp_init, preprocess, uniform
 
 for _d in (
     HParamDef("metanet_hidden", 64, kind="int", low=1, low_inclusive=True,
               help="Meta Networks: width of the representation layer and of the base learner's hidden layer (64)"),
     HParamDef("metanet_pairs", 10, kind="int", low=1, low_inclusive=True,
               help="Meta Networks: support pairs T of the representation loss (10)"),
+    HParamDef("metanet_attention_scale", 1.0, low=0, search=(1.0, 30.0, True),
+              help="Meta Networks: inverse temperature of the memory read softmax(s * cos) (the paper: 1)"),
 ):
     register_hparam(_d)
 
@@ -93,7 +95,7 @@ def base_logits(p: Params, e: torch.Tensor, w1_fast=None, w2_fast=None) -> torch
 class MetaNetwork(BlackBoxLearner):
     order: str = "first"  # first: gradients enter F and G as plain inputs | second: differentiate through them
     network = "metanet"
-    own_hparams = ("metanet_hidden", "metanet_pairs")
+    own_hparams = ("metanet_hidden", "metanet_pairs", "metanet_attention_scale")
     losses = ("cross_entropy",)
 
     def __post_init__(self) -> None:
@@ -111,10 +113,12 @@ class MetaNetwork(BlackBoxLearner):
         p.update(lstm_init("metanet.F", 2, META_HIDDEN, generator))
         p.update(linear_init("metanet.Fout", META_HIDDEN + 2, 1, generator))
         p.update(mlp_init("metanet.G", (2, META_HIDDEN, 1), generator))
-        # fast weights start centred on 0 (a constant output bias would give every coordinate the same
-        # sign, and the ReLU after a fast-weight layer could start dead)
-        p["metanet.Fout.b"] = torch.zeros_like(p["metanet.Fout.b"])
-        p["metanet.G.l1.b"] = torch.zeros_like(p["metanet.G.l1.b"])
+        # fast weights start small and centred on 0, on the scale of a gradient step: the default init
+        # gives every coordinate an output of ~0.3 with one sign, so W+ (thousands of coordinates)
+        # swamps the slow weights with one constant class ranking and ReLU(Q+ e) can start dead
+        for name in ("metanet.Fout", "metanet.G.l1"):
+            p[f"{name}.W"] = uniform(p[f"{name}.W"].shape, 0.01, generator)
+            p[f"{name}.b"] = torch.zeros_like(p[f"{name}.b"])
         return p
 
     def noise(self, setup, params: Params, generator: torch.Generator, n_tasks: int, steps: int) -> dict:
@@ -130,7 +134,7 @@ class MetaNetwork(BlackBoxLearner):
             return g
         return tuple(x.detach() for x in g) if isinstance(g, tuple) else g.detach()
 
-    def task_logits(self, p: Params, es, ys, eq, keys) -> torch.Tensor:
+    def task_logits(self, p: Params, es, ys, eq, keys, scale) -> torch.Tensor:
         """One task: query logits [Nq, ways] from embeddings es [Ns, E], eq [Nq, E], labels ys [Ns]."""
         ns = es.shape[0]
         idx = (keys * ns).floor().long().clamp(0, ns - 1)  # [T, 2]
@@ -150,12 +154,13 @@ class MetaNetwork(BlackBoxLearner):
         g1, g2 = self._gradients(example_loss, (p["metanet.b1.W"], p["metanet.b2.W"]), es, ys)
         w1_mem, w2_mem = example_fast_weights(p, g1), example_fast_weights(p, g2)  # [Ns, H, E], [Ns, ways, H]
         keys_mem, r_q = representation(p, es, q_fast), representation(p, eq, q_fast)
-        attention = torch.softmax(cosine(r_q.unsqueeze(-2), keys_mem.unsqueeze(-3)), dim=-1)  # [Nq, Ns]
+        attention = torch.softmax(scale * cosine(r_q.unsqueeze(-2), keys_mem.unsqueeze(-3)), dim=-1)  # [Nq, Ns]
         w1_q = (attention @ w1_mem.flatten(1)).unflatten(-1, w1_mem.shape[1:])
         w2_q = (attention @ w2_mem.flatten(1)).unflatten(-1, w2_mem.shape[1:])
         return base_logits(p, eq, w1_q, w2_q)
 
     def predict(self, setup, params: Params, x_support, y_support, x_query, noise: dict, *, batched: bool):
         es, eq = setup.model.embed(params, x_support, x_query)
-        return per_task(lambda a, b, c, d: self.task_logits(params, a, b, c, d), batched, es, y_support, eq,
+        scale = setup.hp.get("metanet_attention_scale")
+        return per_task(lambda a, b, c, d: self.task_logits(params, a, b, c, d, scale), batched, es, y_support, eq,
                         noise["pairs"])
