@@ -344,20 +344,29 @@ def test_learns_toy_classification_beyond_chance(quadrants, preset):
     assert acc > 0.5, acc  # chance is 1/3
 
 
+OMNIGLOT_RUNS = {  # preset: (meta-steps, meta-batch, beta, hyper-parameters); a minute or two each here
+    "snail": (300, 4, 3e-3, {"snail_filters": 32}),
+    "cnp": (300, 4, 1e-3, {"cnp_hidden": 64}),
+    "metanet": (150, 4, 1e-3, {}),
+    "meta-lstm": (60, 2, 3e-3, {"meta_lstm_hidden": 8}),
+    # MANN leaves chance only after thousands of episodes (raw pixels, a sharper read than the paper's)
+    "mann": (600, 16, 1e-3, {"mann_read_scale": 10.0}),
+}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("preset", ["mann", "snail", "cnp", "metanet", "meta-lstm"])
+@pytest.mark.parametrize("preset", list(OMNIGLOT_RUNS))
 def test_learns_omniglot_5way_beyond_chance(omniglot_root, tmp_path, preset):
+    steps, meta_batch, beta, extra = OMNIGLOT_RUNS[preset]
     family = registry.make_family("omniglot", data_root=str(omniglot_root), ways=5, splits=[200, 40, 52],
                                   cache_dir=str(tmp_path / "cache"))
-    switches = {"embedding": "conv"} if preset == "mann" else {}
-    learner = registry.make_learner(preset, **switches)
-    hp = HParams(beta=1e-3, meta_batch=4, inner_steps=3, alpha=0.1,
-                 extra={"mann_controller": 64, "mann_memory_slots": 32, "snail_filters": 32, "cnp_hidden": 64})
+    learner = registry.make_learner(preset)
+    hp = HParams(beta=beta, meta_batch=meta_batch, inner_steps=1, alpha=0.4, extra=extra)
     setup = Setup(family, learner, hp, train_shots=1, queries=5)
     state = init_state(setup, 0)
-    assert train(setup, state, 150, report_every=150, val_tasks=20) == "completed"
-    acc = evaluate(setup, state.params, n_tasks=100, shots=(1,), steps=(3,))["accuracy"].mean()
-    assert acc > 0.35, acc  # chance is 0.2
+    assert train(setup, state, steps, report_every=steps, val_tasks=20) == "completed"
+    acc = evaluate(setup, state.params, n_tasks=100, shots=(1,), steps=(1,))["accuracy"].mean()
+    assert acc > 0.3, acc  # chance is 0.2; 100 tasks x 25 queries: the 95% interval is about +-0.02
 
 
 # ---------------------------------------------------------------- shared evaluation tasks and rows

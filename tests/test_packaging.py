@@ -15,8 +15,8 @@ def test_wheel_holds_only_the_metasweep_package(tmp_path):
     (wheel,) = tmp_path.glob("metasweep-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert {n.split("/")[0] for n in names} == {"metasweep", wheel.name.split("-py")[0] + ".dist-info"}
-    for module in ("core/adapt.py", "core/tasks/regression.py", "sweeps/cli.py", "analysis/store.py",
-                   "sweeps/specs/quickstart.yaml"):
+    for module in ("core/adapt.py", "core/tasks/regression.py", "core/learners/base.py", "core/learners/blackbox/mann.py",
+                   "sweeps/cli.py", "analysis/store.py", "sweeps/specs/quickstart.yaml"):
         assert f"metasweep/{module}" in names
     entry = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "metasweep = metasweep.sweeps.cli:main" in entry
