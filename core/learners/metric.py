@@ -52,7 +52,7 @@ def make_metric_learner(name: str, network: str | None = None, **switches):
     """The metric learner `network` with its switches; ValueError for an unknown network or a switch
     it does not have (naming what is allowed)."""
     if network not in NETWORKS:
-        raise ValueError(f"learner {name!r}: network must be one of {', '.join(NETWORKS)} (got {network!r})")
+        raise ValueError(f"learner {name!r}: network must be one of {', '.join(sorted(NETWORKS))} (got {network!r})")
     cls = NETWORKS[network]
     allowed = network_switches(cls)
     unknown = sorted(set(switches) - set(allowed))
