@@ -151,6 +151,43 @@ def test_verification_pairs_are_half_same_and_labelled_by_their_images():
             assert pairs.y_query[t, j] == ys[t, k]
 
 
+def test_affine_distortions_stay_within_koch_s_ranges():
+    from metasweep.core.distortions import affine_matrices, distort
+
+    g = torch.Generator().manual_seed(0)
+    theta = affine_matrices(4000, 28, g)
+    identity = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=D)
+    plain = (theta - identity).abs().amax((1, 2)) == 0
+    assert abs(plain.double().mean().item() - 1 / 16) < 0.015  # all four components absent: (1/2)^4
+    assert theta[:, :, 2].abs().max() <= 2 * 2 / 28  # shifts of at most 2 pixels (normalised coordinates)
+    det = torch.linalg.det(theta[:, :, :2])  # rotation 1, shear 1 - rho_x rho_y, scale s_x s_y
+    assert det.min() >= 0.8**2 * (1 - 0.3**2) and det.max() <= 1.2**2 * (1 + 0.3**2)
+    images = torch.rand(4000, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    out = distort(images, torch.Generator().manual_seed(0))  # the same draws as `theta`
+    assert out.shape == images.shape
+    torch.testing.assert_close(out[plain], images[plain], atol=1e-5, rtol=0)
+    assert (out[~plain] - images[~plain]).abs().amax((1, 2, 3)).min() > 1e-3
+
+
+@pytest.mark.parametrize("preset, switches", [("siamese", {}), ("protonet", {"train_ways": 3, "train_queries": 3})])
+def test_own_training_batches_resume_bit_for_bit(preset, switches):
+    """Siamese pairs and their distortions, and ProtoNet's train_ways episodes, are drawn from the
+    trial's generator: a run saved after 2 steps and resumed equals an uninterrupted one."""
+    from metasweep.core.state import state_from_bytes
+
+    setup = Setup(SyntheticImages(ways=2, channels=1, size=16), registry.make_learner(preset, **switches),
+                  HParams(beta=1e-2, meta_batch=2), ConvNet(1, 16, 3, 2, 2, "stride", "mean"), 1, 2)
+    straight = init_state(setup, 0)
+    train(setup, straight, 4, report_every=2, val_tasks=2)
+    half = init_state(setup, 0)
+    train(setup, half, 2, report_every=2, val_tasks=2)
+    resumed = state_from_bytes(setup, half.to_bytes())
+    train(setup, resumed, 4, report_every=2, val_tasks=2)
+    for k in straight.params:
+        assert torch.equal(straight.params[k], resumed.params[k]), k
+    assert not torch.equal(straight.params["c0.W"], init_state(setup, 0).params["c0.W"])
+
+
 # ---------------------------------------------------------------- order of the support set
 
 
@@ -342,3 +379,51 @@ def test_trial_rows_leave_what_a_metric_learner_does_not_read_null(omniglot):
     assert row["beta"] == cfg.beta and row["meta_batch"] == 2
     assert '"cosine_scale": 7.0' in row["hparams"] and '"distance": "cosine"' in row["variant_switches"]
     assert set(result.eval_tasks["inner_steps"].tolist()) == {0}
+
+
+@pytest.mark.slow
+def test_a_sweep_tunes_maml_and_protonet_on_their_own_spaces_and_ranks_them_paired(omniglot_root, tmp_path):
+    """A real tune+test sweep on a local Ray (the CLI in a subprocess): MAML searches alpha and beta,
+    a cosine ProtoNet beta and its cosine_scale (alpha NULL in its rows); both are evaluated on the
+    same test tasks and ranked with paired tests at inner step 0."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from metasweep.analysis.store import read_dataset
+
+    spec = tmp_path / "fam.yaml"
+    spec.write_text(f"""
+experiment: fam
+task: {{family: omniglot, queries: 2, options: {{data_root: {omniglot_root}, ways: 5, splits: [200, 40, 52],
+        cache_dir: {tmp_path / 'cache'}}}}}
+variants: [maml, {{name: proto-cos, preset: protonet, switches: {{distance: cosine}}}}]
+train_shots: [1]
+budget: {{meta_steps: 10, report_every: 10, meta_batch: 2}}
+eval: {{shots: [1], inner_steps: [0, 1], tasks: 30, val_tasks: 5}}
+search: {{trials_per_variant: 2, alpha: {{low: 0.1, high: 1.0}}}}
+test: {{seeds: [0, 1]}}
+storage: {tmp_path / 'res'}
+""")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "metasweep.sweeps.cli", "sweep", str(spec)], capture_output=True,
+                       text=True, cwd=tmp_path, timeout=900, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    trials = read_dataset(str(tmp_path / "res" / "fam"))["trials"].to_pylist()
+    assert {t["status"] for t in trials} == {"completed"} and len(trials) == 8
+    for t in trials:
+        extra = json.loads(t["config"])["extra_hparams"]
+        if t["variant"] == "maml":
+            assert 0.1 <= t["alpha"] <= 1.0 and extra == {}
+        else:
+            assert t["alpha"] is None and t["inner_steps"] is None and 1.0 <= extra["cosine_scale"] <= 100.0
+    tuned = [t for t in trials if t["stage"] == "tune" and t["variant"] == "proto-cos"]
+    best = min(tuned, key=lambda t: t["final_val_loss"])
+    for t in (t for t in trials if t["stage"] == "test" and t["variant"] == "proto-cos"):
+        assert json.loads(t["config"])["extra_hparams"] == json.loads(best["config"])["extra_hparams"]
+    ranked = subprocess.run([sys.executable, "-m", "metasweep.sweeps.cli", "rank", str(tmp_path / "res" / "fam"),
+                             "--metric", "accuracy", "--inner-steps", "0"], capture_output=True, text=True,
+                            cwd=tmp_path, timeout=300)
+    assert ranked.returncode == 0, ranked.stderr[-2000:]
+    assert "proto-cos" in ranked.stdout and "paired tests against maml" in ranked.stdout
