@@ -23,6 +23,7 @@ from typing import ClassVar
 
 import torch
 
+from ..hparams import hparam_def
 from ..model import Params
 from .base import LearnerBase
 
@@ -93,8 +94,6 @@ class MetricLearner(LearnerBase):
 
     def searched(self) -> tuple[str, ...]:
         """beta, and every own hyper-parameter that declares a default search range."""
-        from ..hparams import hparam_def
-
         return ("beta",) + tuple(h for h in self.own_hparams() if hparam_def(h).search is not None)
 
     def switches(self) -> dict:
