@@ -183,3 +183,26 @@ def test_what_cannot_be_bundled_is_a_clear_error():
     with pytest.raises(ValueError, match="bundle mode must be one of fold, vmap, loop"):
         check_bundle([sine("maml")], mode="stack")
     check_bundle([sine("maml"), sine("maml", inner_steps=2)], mode="loop")  # loop mode runs anything
+
+
+@pytest.mark.parametrize("preset", ["protonet", "matching", "relation", "siamese"])
+def test_other_learner_families_bundle_too(preset):
+    """Bundles read the learner protocol only: metric-based learners (vmap mode; they do not fold) equal
+    their configurations alone, and loop mode is exact."""
+    from metasweep.core.registry import make_learner
+
+    size = 28 if preset == "relation" else 8  # the relation module pools maps of at least 4x4
+    fam = SyntheticImages(ways=2, channels=1, size=size)
+    net = ConvNet(1, size, 3, 2, 4 if preset == "relation" else 2, "stride", "mean")
+    learner = make_learner(preset)
+    setups = [Setup(fam, learner, HParams(beta=b, meta_batch=2), net, train_shots=1, queries=2, engine="vmap")
+              for b in (1e-3, 3e-3)]
+    with pytest.raises(ValueError, match="cannot be folded"):
+        check_bundle(setups, mode="fold")
+    for mode, exact in (("vmap", False), ("loop", True)):
+        statuses, members = bundle(setups, [0, 1], mode)
+        assert statuses == ["completed", "completed"]
+        for s, seed, m in zip(setups, [0, 1], members):
+            _, st = alone(s, seed)
+            before_bn = {k for k in st.params if k.endswith(".b") and f"{k[:-2]}.gamma" in st.params}  # see above
+            assert_same(st, m.state, exact=exact, rtol=1e-4, atol=1e-5, skip=() if exact else before_bn)
