@@ -4,12 +4,13 @@ Calls the core through `sweeps.trial`, reports every K meta-steps with a checkpo
 (`ray.tune.report(metrics, checkpoint=tune.Checkpoint...)`), restarts exactly from
 `tune.get_checkpoint()` after a lost node, and writes its Parquet rows itself (to the experiment's
 storage, so nodes need no shared local disk). Rows of each report are committed as status
-"running"; the final write replaces them, so a trial stopped early by ASHA keeps its curve.
+"running"; the final write replaces them, so a trial stopped early by ASHA keeps its curve. Every
+trials row (running, final, errored) is built by `trial_row` from the same values, so they differ
+only in what the trial measured.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import tempfile
@@ -17,9 +18,9 @@ import tempfile
 import torch
 from ray import tune
 
-from metasweep.analysis.store import write_trial
+from metasweep.analysis.store import trial_row, write_trial
 
-from .trial import TrialConfig, build_setup, curve_columns, run_trial
+from .trial import TrialConfig, build_setup, curve_columns, resolve_device, run_trial
 from .trial import now as utc_now
 
 STATE_FILE = "state.pt"
@@ -41,6 +42,37 @@ def node_name() -> str:
     import ray
 
     return f"{socket.gethostname()}/{ray.get_runtime_context().get_node_id()[:12]}"
+
+
+def learner_facts(cfg: TrialConfig) -> tuple[str, bool, dict, dict | None]:
+    """(learner_kind, inner_loop, hyper-parameters the learner reads, variant switches) of a trial.
+    Every learner is a gradient-based variant for now: it reads alpha, beta, inner steps and the
+    meta-batch; a masked one also the temperature c, the mask at evaluation and zeta's init."""
+    from metasweep.core import get_variant
+
+    hparams = {"alpha": cfg.alpha, "beta": cfg.beta, "inner_steps": cfg.inner_steps, "meta_batch": cfg.meta_batch}
+    try:
+        variant = get_variant(cfg.variant, **cfg.variant_overrides)
+    except ValueError:  # the trial errors on it; its row still says what it was given
+        return "gradient", True, hparams, None
+    if variant.masked:
+        hparams.update(temperature=cfg.temperature, mask_eval=cfg.mask_eval, zeta_init=cfg.zeta_init)
+    return "gradient", True, hparams, variant.as_dict()
+
+
+def row_of(cfg: TrialConfig, meta: dict, trial_id: str, attempt: int, started, *, status: str,
+           device: str | None = None, **measured) -> dict:
+    """The trials row of this trial with `status` and what it measured (meta_steps, wall_seconds,
+    final_val_loss, error, ended_at): the running rows and the final row differ only in those."""
+    kind, inner_loop, hparams, switches = learner_facts(cfg)
+    default_source = "grid" if meta["stage"] == "grid" else None  # Tuner states saved before hp_source existed
+    return trial_row(
+        experiment=meta["experiment"], stage=meta["stage"], trial_id=trial_id, attempt=attempt,
+        variant=meta["variant"], status=status, task_family=cfg.task, task_options=cfg.task_options,
+        train_shots=cfg.train_shots, seed=cfg.seed, learner_kind=kind, inner_loop=inner_loop, hparams=hparams,
+        hp_source=meta.get("hp_source", default_source), hp_source_trial=meta.get("hp_source_trial"),
+        variant_switches=switches, config=cfg.to_dict(), node=node_name(),
+        device=device or resolve_device(cfg.device), spec_hash=meta["spec_hash"], started_at=started, **measured)
 
 
 def metasweep_trainable(config: dict) -> None:
@@ -65,33 +97,27 @@ def metasweep_trainable(config: dict) -> None:
             state = load_state(build_setup(cfg), os.path.join(d, STATE_FILE))
         attempt = int(state.extra.get("attempt", 0)) + 1
     started = utc_now()
-    config_json = json.dumps(cfg.to_dict(), sort_keys=True)
 
     def on_report(st, row):
         st.extra["attempt"] = attempt
-        partial = {
-            "experiment": meta["experiment"], "stage": meta["stage"], "trial_id": trial_id, "attempt": attempt,
-            "variant": meta["variant"], "task_family": cfg.task,
-            "task_options": json.dumps(cfg.task_options, sort_keys=True), "train_shots": cfg.train_shots, "seed": cfg.seed,
-            "alpha": cfg.alpha, "beta": cfg.beta, "temperature": cfg.temperature, "inner_steps": cfg.inner_steps,
-            "meta_batch": cfg.meta_batch, "status": "running", "meta_steps": st.step,
-            "wall_seconds": st.extra.get("wall_seconds"), "final_val_loss": row["val_loss"],
-            "spec_hash": meta["spec_hash"], "started_at": started, "ended_at": utc_now(),
-            "config": config_json, "node": node_name(),
-        }
-        write_trial(uri, partial, curve_columns(st.curves), {})
+        running = row_of(cfg, meta, trial_id, attempt, started, status="running", meta_steps=st.step,
+                         wall_seconds=st.extra.get("wall_seconds"), final_val_loss=row["val_loss"],
+                         ended_at=utc_now())
+        write_trial(uri, running, curve_columns(st.curves), {})
         with tempfile.TemporaryDirectory() as d:
             st.save(os.path.join(d, STATE_FILE))
             tune.report(metrics_of(row), checkpoint=tune.Checkpoint.from_directory(d))
 
     result = run_trial(cfg, trial_id=trial_id, experiment=meta["experiment"], stage=meta["stage"],
                        attempt=attempt, spec_hash=meta["spec_hash"], state=state, on_report=on_report)
-    result.trial_row["variant"] = meta["variant"]  # the spec's name (a preset, or a named override)
-    result.trial_row["node"] = node_name()
-    write_trial(uri, result.trial_row, result.curves, result.eval_tasks, extra={"cka": result.cka})
-    final = {"status": result.status, "done_rows": True}
-    if result.trial_row["final_val_loss"] is not None:
-        final["val_loss"] = result.trial_row["final_val_loss"]
+    r = result.trial_row
+    final = row_of(cfg, meta, trial_id, attempt, started, status=result.status, device=r.get("device"),
+                   error=r.get("error"), meta_steps=r.get("meta_steps") or 0, wall_seconds=r.get("wall_seconds"),
+                   final_val_loss=r.get("final_val_loss"), ended_at=r.get("ended_at"))
+    write_trial(uri, final, result.curves, result.eval_tasks, extra={"cka": result.cka})
+    report = {"status": result.status, "done_rows": True}
+    if final["final_val_loss"] is not None:
+        report["val_loss"] = final["final_val_loss"]
     elif result.status != "completed":
-        final["val_loss"] = float("inf")
-    tune.report(final)
+        report["val_loss"] = float("inf")
+    tune.report(report)
