@@ -14,6 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from metasweep.analysis import plots
+from metasweep.analysis.figures import alpha as alpha_figure
+from metasweep.analysis.figures import curves as curves_figure
+from metasweep.analysis.figures import masks as masks_figure
+from metasweep.analysis.figures.common import Context
 from metasweep.analysis.query import connect, query_table
 from metasweep.analysis.store import write_trial
 
@@ -203,8 +207,8 @@ def test_alpha_plot_marks_diverged_points(alpha_grid, tmp_path):
     r = metasweep("plot", alpha_grid, "--kind", "alpha", "-o", str(out))
     assert r.returncode == 0, r.stderr
     assert_real_png(out)
-    ctx = plots._Context(connect(alpha_grid), alpha_grid, "grid")
-    fig = plots._alpha(ctx, "loss")
+    ctx = Context(connect(alpha_grid), alpha_grid, "grid")
+    fig = alpha_figure.figure(ctx, "loss")
     panels = fig.axes
     assert len(panels) == 2 * 2  # (1 and 5 inner steps) x (5 and 10 shots)
     for ax in panels:
@@ -220,8 +224,8 @@ def test_alpha_plot_marks_diverged_points(alpha_grid, tmp_path):
 
 
 def test_alpha_plot_points_are_mean_and_ci_over_tasks(alpha_grid):
-    ctx = plots._Context(connect(alpha_grid), alpha_grid, "grid")
-    fig = plots._alpha(ctx, "loss")
+    ctx = Context(connect(alpha_grid), alpha_grid, "grid")
+    fig = alpha_figure.figure(ctx, "loss")
     ax = fig.axes[0]  # 5-shot, 1 inner step
     assert ax.get_title() == "5-shot, 1 inner step"
     con = connect(alpha_grid)
@@ -258,8 +262,8 @@ def test_mask_fraction_plot_groups_by_polynomial_order(poly_masks, tmp_path):
     r = metasweep("plot", root, "--kind", "mask-fraction", "-o", str(out))
     assert r.returncode == 0, r.stderr
     assert_real_png(out)
-    ctx = plots._Context(connect(root), root, "grid")
-    fig = plots._mask_fraction(ctx, "loss")
+    ctx = Context(connect(root), root, "grid")
+    fig = masks_figure.figure(ctx, "loss")
     ax = fig.axes[0]
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert labels == ["order 0 (2 trial(s))", "order 1 (2 trial(s))", "order 2 (2 trial(s))"]
@@ -284,8 +288,8 @@ def test_curves_and_ranks_on_a_grid(alpha_grid, tmp_path):
     out = tmp_path / "curves.png"
     assert plots.make_plot(alpha_grid, "curves", str(out)) == str(out)
     assert_real_png(out)
-    ctx = plots._Context(connect(alpha_grid), alpha_grid, "grid")
-    fig = plots._curves(ctx, "loss")
+    ctx = Context(connect(alpha_grid), alpha_grid, "grid")
+    fig = curves_figure.figure(ctx, "loss")
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert "maml alpha=0.001, 2 seed(s)" in labels and "mt-net alpha=1, 2 seed(s) (2 diverged)" in labels
     # maml at alpha 1.0 has a non-finite cell in every setting: it ranks last there (not dropped)

@@ -14,7 +14,8 @@ from scipy import stats as st
 
 from metasweep.analysis import ranking as rk
 from metasweep.analysis import stats
-from metasweep.analysis.ranking import compute_ranking, render
+from metasweep.analysis.ranking import compute_ranking
+from metasweep.analysis.render import print_ranking, render
 from metasweep.analysis.store import write_trial
 
 SHOTS = (5, 10)
@@ -207,7 +208,7 @@ def test_non_finite_eval_losses_are_diverged_cells_ranked_last(shift_ds):
     from rich.console import Console
 
     buf = io.StringIO()
-    rk.print_ranking(r, Console(file=buf, width=200))
+    print_ranking(r, Console(file=buf, width=200))
     assert "diverged (7/200 tasks)" in buf.getvalue()
     assert "diverged (7/200 tasks)" in render(r, "markdown")
 
@@ -292,16 +293,16 @@ def test_seed_bootstrap_normal_shortcut_agrees_with_the_exact_one():
     rng = np.random.default_rng(3)
     mat = rng.lognormal(0.0, 0.5, size=(4, 6000)) + rng.normal(0, 0.05, size=(4, 1))
     exact = stats.bootstrap_seed_ci(list(mat), n_boot=1000, rng=0)[1:]
-    fast = rk._seed_ci(mat, n_boot=1000, rng=0, exact_limit=0)
+    fast = rk.seed_interval(mat, n_boot=1000, rng=0, exact_limit=0)
     width = exact[1] - exact[0]
     assert fast[0] == pytest.approx(exact[0], abs=0.1 * width)
     assert fast[1] == pytest.approx(exact[1], abs=0.1 * width)
-    assert rk._seed_ci(mat, n_boot=1000, rng=0, exact_limit=10**9) == pytest.approx(exact, rel=1e-12)
+    assert rk.seed_interval(mat, n_boot=1000, rng=0, exact_limit=10**9) == pytest.approx(exact, rel=1e-12)
     # the default switches at EXACT_BOOT_DRAWS: 600 tasks x 4 seeds is exact, 6000 x 4 is not
     small = mat[:, :600]
-    assert rk._seed_ci(small) == pytest.approx(stats.bootstrap_seed_ci(list(small), n_boot=1000, rng=0)[1:],
+    assert rk.seed_interval(small) == pytest.approx(stats.bootstrap_seed_ci(list(small), n_boot=1000, rng=0)[1:],
                                                rel=1e-12)
-    assert rk._seed_ci(mat) == pytest.approx(fast, rel=1e-12)
+    assert rk.seed_interval(mat) == pytest.approx(fast, rel=1e-12)
 
 
 def assert_same_ranking(a, b):
