@@ -4,10 +4,7 @@ evaluation rows as one [seeds, tasks] matrix per (row, setting). Shared with the
 How it is read (this runs on tens of millions of evaluation rows):
 
 - trials come from the store (latest committed attempt of each trial); the evaluation rows of the
-  stage's completed trials are read straight from their attempt's file (the store's
-  ``attempt_path``), only the columns needed, in parallel; a file whose row-group statistics do not
-  show it holds that single attempt is filtered row by row. With ``con`` (a duckdb connection with
-  the views trials/eval_tasks, e.g. from ``analysis.query.connect``) the same rows come from SQL;
+  stage's completed trials from their attempt files or from SQL (analysis.evalrows);
 - rows land in a dense [seed, shots, task] array of sums and counts, one ``np.bincount`` per trial
   (no sort, no Python loop over rows); duplicate rows of a (trial, task) are averaged, as ``avg()``
   would, and so are trials of one row that share a seed (with a note);
@@ -18,22 +15,17 @@ How it is read (this runs on tens of millions of evaluation rows):
 
 from __future__ import annotations
 
-import os
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import duckdb
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from . import labels as lb
-from .store import attempt_path, open_checked, read_trials, resolve
+from .evalrows import Part, parts_from_con, parts_from_files, small_unique, union
+from .store import read_trials
 
 Setting = tuple[int, int]  # (train shots, evaluation shots)
-_INT_COLS = ("inner_steps", "shots", "task_index")
 
 
 @dataclass
@@ -124,162 +116,18 @@ def untuned_note(c: CellConfig) -> str:
     return f"{lb.cell_text(c.row, c.train_shots)} ran on the spec's defaults: {why}" if why else ""
 
 
-# ------------------------------------------------------------------------------------------ eval rows
-
-
-@dataclass
-class _Part:
-    """Evaluation rows as numpy arrays: one trial's file (`code` an int, the trial's index in the
-    completed trials), or SQL rows of many trials (`code` an array). `split` holds indices into
-    `split_names` (None: every row has split_names[0])."""
-
-    code: int | np.ndarray
-    inner_steps: np.ndarray
-    shots: np.ndarray
-    task_index: np.ndarray
-    v: np.ndarray
-    split_names: list[str]
-    split: np.ndarray | None = None
-
-    def keep(self, mask: np.ndarray) -> _Part:
-        if mask.all():
-            return self
-        code = self.code if np.isscalar(self.code) else self.code[mask]
-        split = None if self.split is None else self.split[mask]
-        return _Part(code, self.inner_steps[mask], self.shots[mask], self.task_index[mask], self.v[mask],
-                     self.split_names, split)
-
-    def splits_present(self) -> set[str]:
-        if not self.v.size:
-            return set()
-        if self.split is None:
-            return {self.split_names[0]}
-        return {self.split_names[i] for i in small_unique(self.split)}
-
-    def only_split(self, name: str) -> _Part:
-        if name not in self.split_names:
-            return self.keep(np.zeros(self.v.size, bool))
-        if self.split is None:
-            return self
-        return self.keep(self.split == self.split_names.index(name))
-
-
-def small_unique(x: np.ndarray) -> np.ndarray:
-    """Sorted unique values; a bincount for small non-negative ints (no sort of millions of rows)."""
-    if not x.size:
-        return x[:0]
-    lo, hi = int(x.min()), int(x.max())
-    if lo >= 0 and hi < 4 * x.size + 4096:
-        return np.flatnonzero(np.bincount(x, minlength=hi + 1)).astype(x.dtype)
-    return np.unique(x)
-
-
-def _union(arrays: list[np.ndarray]) -> np.ndarray:
-    return small_unique(np.concatenate(arrays)).astype(np.int64) if arrays else np.empty(0, np.int64)
-
-
-def _ints(col) -> np.ndarray:
-    if col.null_count:
-        col = pc.fill_null(col, -1)
-    return np.ascontiguousarray(col.to_numpy(), dtype=np.int32)
-
-
-def _floats(col) -> np.ndarray:
-    """float64 values, null -> NaN (a missing value is never a number to average)."""
-    if col.null_count:
-        col = pc.fill_null(pc.cast(col, pa.float64()), float("nan"))
-    return np.ascontiguousarray(col.to_numpy(), dtype=np.float64)
-
-
-def _part(code, t: pa.Table, const_split: str | None, metric: str) -> _Part:
-    arrays = [_ints(t[name]) for name in _INT_COLS]
-    if const_split is not None:
-        return _Part(code, *arrays, _floats(t[metric]), [const_split])
-    col = t["split"].combine_chunks() if isinstance(t["split"], pa.ChunkedArray) else t["split"]
-    if col.null_count or not pa.types.is_dictionary(col.type):
-        col = pc.fill_null(pc.cast(col, pa.string()), "").dictionary_encode()
-    names = col.dictionary.to_pylist()
-    return _Part(code, *arrays, _floats(t[metric]), names, col.indices.to_numpy().astype(np.int64))
-
-
-def _stat_constant(pf: pq.ParquetFile, name: str):
-    """(True, value) when the file's row-group statistics show column `name` holds one value."""
-    md = pf.metadata
-    if md.num_row_groups == 0:
-        return False, None
-    j = next((i for i in range(md.num_columns) if md.row_group(0).column(i).path_in_schema == name), None)
-    if j is None:
-        return False, None
-    values = set()
-    for g in range(md.num_row_groups):
-        s = md.row_group(g).column(j).statistics
-        if s is None or not s.has_min_max or s.null_count or s.min != s.max:
-            return False, None
-        values.add(s.min)
-    return (True, values.pop()) if len(values) == 1 else (False, None)
-
-
-def _read_eval_file(fs, path: str, code: int, trial_id: str, attempt: int, metric: str) -> _Part:
-    """One attempt's evaluation rows (needed columns only), schema-checked by the store."""
-    pf = open_checked(fs, path, "eval_tasks", ("trial_id", "attempt", *_INT_COLS, "split", metric),
-                      read_dictionary=["split"])
-    is_split_const, split = _stat_constant(pf, "split")
-    columns = [*_INT_COLS, metric] + ([] if is_split_const else ["split"])
-    own = _stat_constant(pf, "trial_id") == (True, trial_id) and _stat_constant(pf, "attempt") == (True, attempt)
-    try:
-        if own:  # the usual case: the file holds this attempt's rows only (store.write_trial)
-            t = pf.read(columns=columns)
-        else:
-            t = pf.read(columns=["trial_id", "attempt", *columns])
-            t = t.filter(pc.and_(pc.equal(t["trial_id"], trial_id), pc.equal(t["attempt"], attempt)))
-    except Exception as e:
-        from .store import StoreError
-
-        raise StoreError(f"{path}: not a readable Parquet file ({e})") from None
-    return _part(code, t, split if is_split_const else None, metric)
-
-
-def _parts_from_files(exp_uri: str, trials: list[dict], metric: str) -> list[_Part]:
-    import pyarrow.fs as pafs
-
-    fs, root = resolve(exp_uri)
-    paths = [attempt_path(root, "eval_tasks", t["trial_id"], t["attempt"]) for t in trials]
-    found = [info.type == pafs.FileType.File for info in fs.get_file_info(paths)] if paths else []
-    jobs = [(i, p) for i, (p, ok) in enumerate(zip(paths, found)) if ok]
-
-    def load(job):
-        i, p = job
-        return _read_eval_file(fs, p, i, trials[i]["trial_id"], int(trials[i]["attempt"]), metric)
-
-    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) + 2)) as ex:
-        return list(ex.map(load, jobs))
-
-
-def _parts_from_con(con: duckdb.DuckDBPyConnection, trials: list[dict], metric: str) -> list[_Part]:
-    codes = pa.table({"trial_id": pa.array([t["trial_id"] for t in trials], pa.string()),
-                      "attempt": pa.array([t["attempt"] for t in trials], pa.int32()),
-                      "code": pa.array(range(len(trials)), pa.int64())})
-    con.register("_ranking_codes", codes)
-    try:
-        table = con.sql(f"""select c.code, e.inner_steps, e.shots, e.task_index, e.split, e.{metric}
-                            from eval_tasks e join _ranking_codes c using (trial_id, attempt)""").to_arrow_table()
-    finally:
-        con.unregister("_ranking_codes")
-    return [_part(_ints(table["code"]), table, None, metric)] if table.num_rows else []
-
-
-def _per_row(p: _Part, per_trial: np.ndarray) -> np.ndarray:
+def _per_row(p: Part, per_trial: np.ndarray) -> np.ndarray:
     """A per-trial array (indexed by `code`) spread over a part's rows."""
     return np.broadcast_to(per_trial[p.code], p.v.shape)
 
 
-def _at_inner_steps(parts: list[_Part], done: list[dict], inner_steps: int | None,
-                    where: str) -> tuple[list[_Part], int, list[str]]:
+def _at_inner_steps(parts: list[Part], done: list[dict], inner_steps: int | None,
+                    where: str) -> tuple[list[Part], int, list[str]]:
     """The rows at `inner_steps` (default: the smallest > 0 evaluated); a learner without an inner
     loop contributes its inner_steps = 0 rows at every number of steps (with a note)."""
     loops = np.array([lb.inner_loop(t) for t in done] or [True])
     steps_of = [p.inner_steps[_per_row(p, loops)] if loops.any() else p.inner_steps for p in parts]
-    steps_avail = _union([small_unique(s) for s in steps_of]).tolist()
+    steps_avail = union([small_unique(s) for s in steps_of]).tolist()
     if not steps_avail:
         raise ValueError(f"{where} has no completed trial with evaluation rows")
     if inner_steps is None:
@@ -295,7 +143,7 @@ def _at_inner_steps(parts: list[_Part], done: list[dict], inner_steps: int | Non
     return parts, int(inner_steps), notes
 
 
-def _one_split(parts: list[_Part]) -> tuple[list[_Part], list[str]]:
+def _one_split(parts: list[Part]) -> tuple[list[Part], list[str]]:
     """One stage evaluates on one split; never average val and test rows together."""
     splits = set().union(*(p.splits_present() for p in parts))
     if len(splits) <= 1:
@@ -315,7 +163,7 @@ class _Dense:
     cell_slots: dict[tuple[str, int], list[int]]  # (row, train shots) -> its seeds' slots
 
 
-def _dense(parts: list[_Part], done: list[dict]) -> tuple[_Dense, list[str]]:
+def _dense(parts: list[Part], done: list[dict]) -> tuple[_Dense, list[str]]:
     """Accumulate the rows: one slot per (row, train shots, seed); trials sharing a slot (the same
     configuration run twice) are averaged per task, like one seed (with a note)."""
     slot_of: dict[tuple, int] = {}
@@ -330,8 +178,8 @@ def _dense(parts: list[_Part], done: list[dict]) -> tuple[_Dense, list[str]]:
             shared.setdefault(key[0], set()).add(key[2])
     notes = [f"{row}: several trials share seed(s) {', '.join(map(str, sorted(seeds)))}; their per-task values "
              "are averaged as one seed" for row, seeds in sorted(shared.items())]
-    shots_u = _union([small_unique(p.shots) for p in parts])
-    tasks_u = _union([small_unique(p.task_index) for p in parts])
+    shots_u = union([small_unique(p.shots) for p in parts])
+    tasks_u = union([small_unique(p.task_index) for p in parts])
     n_slot, n_shot, n_task = len(slot_of), len(shots_u), len(tasks_u)
     dense_tasks = n_task == 0 or (tasks_u[0] == 0 and tasks_u[-1] == n_task - 1)
     block = n_shot * n_task
@@ -386,7 +234,7 @@ def load_matrices(exp_uri: str, *, metric: str = "loss", stage: str | None = Non
         c = counts.setdefault(t["label"], {})
         c[t["status"]] = c.get(t["status"], 0) + 1
     done = [t for t in trials if t["status"] == "completed"]
-    parts = _parts_from_files(exp_uri, done, metric) if con is None else _parts_from_con(con, done, metric)
+    parts = parts_from_files(exp_uri, done, metric) if con is None else parts_from_con(con, done, metric)
     parts, inner_steps, notes = _at_inner_steps(parts, done, inner_steps, f"{exp_uri}: stage {stage!r}")
     parts, split_notes = _one_split(parts)
     parts = [p for p in parts if p.v.size]
