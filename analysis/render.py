@@ -88,12 +88,15 @@ def config_rows(r: Ranking) -> tuple[list[str], list[list[str]], str]:
     common = [k for k in keys if len({json.dumps(v) for v in values[k]}) == 1 and len(r.configs) > 1]
     shown = [k for k in keys if k not in common]
     digits = {k: distinct_digits({v for v in values[k] if v is not None}) for k in keys}
+    same = ", ".join(f"{k}={format_value(values[k][0], digits[k])}" for k in common)
+    same = f"hyper-parameters the same in every cell: {same}" if same else ""
+    if not shown and not any(c.hp_source for c in r.configs):  # nothing but the shared values to show
+        return [], [], same
     header = ["variant", "train shots", "source", *shown, "from trial"]
     body = [[c.row, str(c.train_shots), c.hp_source or "-",
              *(format_value(c.hparams[k], digits[k]) if k in c.hparams else "-" for k in shown), c.hp_source_trial or "-"]
             for c in r.configs]
-    same = ", ".join(f"{k}={format_value(values[k][0], digits[k])}" for k in common)
-    return header, body, (f"same in every cell: {same}" if same else "")
+    return header, body, same
 
 
 def caption(r: Ranking) -> str:
@@ -108,8 +111,7 @@ def caption(r: Ranking) -> str:
     return text
 
 
-def _config_title(r: Ranking) -> str:
-    return f"hyper-parameters per cell (stage {r.stage}; source: {', '.join(sorted({c.hp_source or '-' for c in r.configs}))})"
+CONFIG_TITLE = "hyper-parameters per (variant, train shots) cell"
 
 
 def render(r: Ranking, fmt: str = "text") -> str | None:
@@ -149,13 +151,16 @@ def _markdown(r: Ranking) -> str:
         lines += ["", *_md_table(pheader, pbody)]
     cheader, cbody, common = config_rows(r)
     if cbody:
-        lines += ["", f"{_config_title(r)}:", "", *_md_table(cheader, cbody)] + (["", common] if common else [])
+        lines += ["", f"{CONFIG_TITLE}:", "", *_md_table(cheader, cbody)]
+    if common:
+        lines += ["", common]
     lines += [f"- {n}" for n in r.notes]
     return "\n".join(lines) + "\n"
 
 
 def _latex_table(header: list[str], body: list[list[str]], text: str) -> list[str]:
-    text = (text.replace("α", r"$\alpha$").replace("χ²", r"$\chi^2$").replace("±", r"$\pm$")
+    """A table environment; `text` (the caption) is escaped here, header and body already are."""
+    text = (latex_escape(text).replace("α", r"$\alpha$").replace("χ²", r"$\chi^2$").replace("±", r"$\pm$")
             .replace("†", r"$^\dagger$"))
     return [r"\begin{table}[t]", r"\centering", rf"\begin{{tabular}}{{l{'c' * (len(header) - 1)}}}", r"\toprule",
             " & ".join(header) + r" \\", r"\midrule", *(" & ".join(row) + r" \\" for row in body), r"\bottomrule",
@@ -163,13 +168,13 @@ def _latex_table(header: list[str], body: list[list[str]], text: str) -> list[st
 
 
 def _latex(r: Ranking) -> str:
-    text = caption(r) + "".join(f" Note: {latex_escape(n)}." for n in r.untuned.values())
-    lines = _latex_table(*table_rows(r, "latex"), text)
+    text = caption(r) + "".join(f" Note: {n}." for n in r.untuned.values())
     cheader, cbody, common = config_rows(r)
+    lines = _latex_table(*table_rows(r, "latex"), text + (f" {common}." if common and not cbody else ""))
     if cbody:
         escaped = [[latex_escape(x) for x in row] for row in cbody]
         lines += _latex_table([latex_escape(h) for h in cheader], escaped,
-                              latex_escape(_config_title(r) + (f"; {common}" if common else "")))
+                              CONFIG_TITLE + (f"; {common}" if common else ""))
     lines += [f"% note: {n}" for n in r.notes]
     return "\n".join(lines) + "\n"
 
@@ -196,6 +201,8 @@ def print_ranking(r: Ranking, console) -> None:
               pheader.index(f"Δ vs {r.baseline}"))
     cheader, cbody, common = config_rows(r)
     if cbody:
-        table(_config_title(r), cheader, cbody, 3, common or None)
+        table(CONFIG_TITLE, cheader, cbody, 3)
+    if common:
+        console.print(common, markup=False, highlight=False)
     for n in r.notes:
         console.print(f"note: {n}", markup=False, highlight=False)

@@ -20,7 +20,7 @@ from ray import tune
 
 from metasweep.analysis.store import trial_row, write_trial
 
-from .trial import TrialConfig, build_setup, curve_columns, resolve_device, run_trial
+from .trial import TrialConfig, TrialResult, build_setup, curve_columns, resolve_device, run_trial
 from .trial import now as utc_now
 
 STATE_FILE = "state.pt"
@@ -36,11 +36,14 @@ def metrics_of(row: dict) -> dict:
 
 
 def node_name() -> str:
-    """host/ray-node-id: several Ray nodes can share one host (tests, multi-GPU machines)."""
+    """host/ray-node-id: several Ray nodes can share one host (tests, multi-GPU machines); the host
+    alone outside Ray (never starts or joins one)."""
     import socket
 
     import ray
 
+    if not ray.is_initialized():
+        return socket.gethostname()
     return f"{socket.gethostname()}/{ray.get_runtime_context().get_node_id()[:12]}"
 
 
@@ -75,6 +78,21 @@ def row_of(cfg: TrialConfig, meta: dict, trial_id: str, attempt: int, started, *
         device=device or resolve_device(cfg.device), spec_hash=meta["spec_hash"], started_at=started, **measured)
 
 
+def running_row(cfg: TrialConfig, meta: dict, trial_id: str, attempt: int, started, st, report: dict) -> dict:
+    """The row written at each report (status running; kept as stopped_early if the scheduler stops
+    the trial there): `row_of` with the training state's step and time and the report's val loss."""
+    return row_of(cfg, meta, trial_id, attempt, started, status="running", meta_steps=st.step,
+                  wall_seconds=st.extra.get("wall_seconds"), final_val_loss=report["val_loss"], ended_at=utc_now())
+
+
+def final_row(cfg: TrialConfig, meta: dict, trial_id: str, attempt: int, started, result: TrialResult) -> dict:
+    """The row of an ended trial (completed, diverged, errored): `row_of` with what it measured."""
+    r = result.trial_row
+    return row_of(cfg, meta, trial_id, attempt, started, status=result.status, device=r.get("device"),
+                  error=r.get("error"), meta_steps=r.get("meta_steps") or 0, wall_seconds=r.get("wall_seconds"),
+                  final_val_loss=r.get("final_val_loss"), ended_at=r.get("ended_at"))
+
+
 def metasweep_trainable(config: dict) -> None:
     if "point" in config:  # a grid point (test / grid stages)
         config = {**config["point"], **{k: v for k, v in config.items() if k != "point"}}
@@ -100,20 +118,14 @@ def metasweep_trainable(config: dict) -> None:
 
     def on_report(st, row):
         st.extra["attempt"] = attempt
-        running = row_of(cfg, meta, trial_id, attempt, started, status="running", meta_steps=st.step,
-                         wall_seconds=st.extra.get("wall_seconds"), final_val_loss=row["val_loss"],
-                         ended_at=utc_now())
-        write_trial(uri, running, curve_columns(st.curves), {})
+        write_trial(uri, running_row(cfg, meta, trial_id, attempt, started, st, row), curve_columns(st.curves), {})
         with tempfile.TemporaryDirectory() as d:
             st.save(os.path.join(d, STATE_FILE))
             tune.report(metrics_of(row), checkpoint=tune.Checkpoint.from_directory(d))
 
     result = run_trial(cfg, trial_id=trial_id, experiment=meta["experiment"], stage=meta["stage"],
                        attempt=attempt, spec_hash=meta["spec_hash"], state=state, on_report=on_report)
-    r = result.trial_row
-    final = row_of(cfg, meta, trial_id, attempt, started, status=result.status, device=r.get("device"),
-                   error=r.get("error"), meta_steps=r.get("meta_steps") or 0, wall_seconds=r.get("wall_seconds"),
-                   final_val_loss=r.get("final_val_loss"), ended_at=r.get("ended_at"))
+    final = final_row(cfg, meta, trial_id, attempt, started, result)
     write_trial(uri, final, result.curves, result.eval_tasks, extra={"cka": result.cka})
     report = {"status": result.status, "done_rows": True}
     if final["final_val_loss"] is not None:
