@@ -317,3 +317,38 @@ def test_connect_with_some_tables_keeps_the_latest_committed_attempt_only(tmp_pa
     assert part.sql("select count(*) from trials").fetchall() == [(1,)]
     with pytest.raises(ValueError, match="unknown table"):
         connect(root, ("runs",))
+
+
+def test_plot_and_rank_name_every_trial_alike(tmp_path):
+    """One owner of labels: alphas that agree to 3 digits are two rows in `rank` and two curves in
+    `plot` (plot merged them into one), named the same way."""
+    from metasweep.analysis.ranking import compute_ranking
+
+    root = str(tmp_path / "close")
+    for a in (0.01001, 0.01002):
+        for seed in (0, 1):
+            write_trial(root, trial_row(f"g-{a}-{seed}", "maml", seed, alpha=a), curves(), evals({5: np.ones(4) + a}))
+    r = compute_ranking(root)
+    assert r.variants == ["maml alpha=0.01001", "maml alpha=0.01002"]
+    ctx = Context(connect(root), root)
+    assert ctx.series() == r.variants
+    legend = [t.get_text() for t in curves_figure.figure(ctx, "loss").axes[0].get_legend().get_texts()]
+    assert legend == ["maml alpha=0.01001, 2 seed(s)", "maml alpha=0.01002, 2 seed(s)"]
+
+
+def test_plot_series_of_a_tuned_stage_are_variants_per_train_shots(tmp_path):
+    """A test stage tuned per (variant, train shots) cell: one curve per variant and train shots,
+    never one per tuned alpha."""
+    root = str(tmp_path / "tuned")
+    for v in ("maml", "t-net"):
+        for k, a in ((5, 0.0123), (10, 0.0456)):
+            for seed in (0, 1):
+                row = trial_row(f"t-{v}-{k}-{seed}", v, seed, stage="test", alpha=a * (2 if v == "t-net" else 1))
+                row.update(train_shots=k, hp_source="tuned")
+                write_trial(root, row, curves(), evals({5: np.ones(4)}))
+    ctx = Context(connect(root), root)
+    assert ctx.stage == "test"
+    assert ctx.series() == ["maml (train 5-shot)", "maml (train 10-shot)", "t-net (train 5-shot)",
+                            "t-net (train 10-shot)"]
+    legend = [t.get_text() for t in curves_figure.figure(ctx, "loss").axes[0].get_legend().get_texts()]
+    assert legend == [f"{s}, 2 seed(s)" for s in ctx.series()]
