@@ -15,6 +15,7 @@ How it is read (this runs on tens of millions of evaluation rows):
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -89,13 +90,12 @@ def cell_configs(trials: list[dict]) -> tuple[list[CellConfig], list[str]]:
     groups: dict[tuple, dict[tuple, list[dict]]] = {}
     for t in trials:
         if lb.per_cell_hparams(t):
-            hp = lb.hparams_of(t)
-            key = (tuple(sorted(hp.items())), t.get("hp_source"), t.get("hp_source_trial"))
+            key = (json.dumps(lb.hparams_of(t), sort_keys=True), t.get("hp_source"), t.get("hp_source_trial"))
             groups.setdefault((t["label"], t["train_shots"]), {}).setdefault(key, []).append(t)
     configs, notes = [], []
     for (row, shots), by_config in sorted(groups.items()):
         for (hp, source, source_trial), ts in by_config.items():
-            configs.append(CellConfig(row, shots, dict(hp), source, source_trial, len(ts)))
+            configs.append(CellConfig(row, shots, json.loads(hp), source, source_trial, len(ts)))
         if len(by_config) > 1:
             notes.append(f"{lb.cell_text(row, shots)} ran with {len(by_config)} different configurations "
                          "(see the hyper-parameter table); their seeds are averaged together")

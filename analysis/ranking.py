@@ -106,7 +106,9 @@ def rank(m: EvalMatrices, baseline: str | None = "maml") -> Ranking:
     else:
         missing = [r for r in rows if m.row_variant[r] != baseline and base_of[r] is None]
         if missing:
-            notes.append(f"no {baseline} row at the same grid point as {', '.join(missing)}: no paired test for them")
+            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            notes.append(f"no {baseline} row at the same grid point as {', '.join(missing[:5])}{more}: "
+                         "no paired test for them")
     for row, c in m.status_counts.items():
         bad = {s: n for s, n in c.items() if s != "completed"}
         if bad:
