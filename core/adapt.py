@@ -14,9 +14,34 @@ from __future__ import annotations
 import torch
 from torch.func import grad
 
-from .cells import Params, adapted_names, mask_logits_name
 from .losses import PER_TASK
+from .model import Params
 from .variants import Variant
+
+
+def adapted_names(model, variant: Variant, frozen: tuple[str, ...] = ()) -> list[str]:
+    """The parameters the inner loop changes: W and b of every cell, or of the head only (ANIL),
+    less the cells in `frozen` (names like "c0": the freezing study of Raghu et al.)."""
+    cells = model.cell_names()
+    if variant.inner_params == "head":
+        cells = cells[-1:]
+    return [f"{c}.{w}" for c in cells if c not in frozen for w in ("W", "b")]
+
+
+def mask_logits_name(name: str, variant: Variant) -> str | None:
+    """Which zeta gates the update of adapted parameter `name` (eq. 8-9); None if unmasked."""
+    cell, kind = name.split(".")
+    if variant.mask == "row":
+        return f"{cell}.zeta"  # a row's bias follows its row (authors' code)
+    if variant.mask == "full":
+        return f"{cell}.zeta_{kind}"
+    return None
+
+
+def meta_only_names(params: Params) -> list[str]:
+    """Parameters that never move in the inner loop: T, zeta, learned alpha, and the conv net's
+    batch-norm gamma / beta (outer loop only)."""
+    return [k for k in params if k.endswith((".T", ".gamma", ".beta_bn")) or ".zeta" in k or k.startswith("alpha.")]
 
 
 def logistic_noise(shape, generator: torch.Generator) -> torch.Tensor:
@@ -26,23 +51,32 @@ def logistic_noise(shape, generator: torch.Generator) -> torch.Tensor:
 
 
 def mask_noise(params: Params, model, variant: Variant, generator: torch.Generator, n_tasks: int,
-               steps: int) -> dict[str, torch.Tensor]:
+               steps: int, frozen: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
     """Noise for every mask logit, shape [n_tasks, draws, *zeta.shape]. Row masks are sampled once
-    per task and reused at every inner step (draws = 1); full masks are resampled every step."""
+    per task and reused at every inner step (draws = 1); full masks are resampled every step. With
+    n_tasks = 1 the draws of the first s steps do not depend on `steps` (one stream, filled in order)."""
     if not variant.masked:
         return {}
     draws = 1 if variant.mask == "row" else steps
-    names = sorted({mask_logits_name(n, variant) for n in adapted_names(model, variant)})
+    names = sorted({mask_logits_name(n, variant) for n in adapted_names(model, variant, frozen)})
     sizes = [params[z].numel() for z in names]
     flat = logistic_noise((n_tasks, draws, sum(sizes)), generator)  # one draw for every zeta
     return {z: part.reshape(n_tasks, draws, *params[z].shape)
             for z, part in zip(names, flat.split(sizes, dim=-1))}
 
 
+def task_factor(value, like: torch.Tensor):
+    """A hyper-parameter as a factor of `like`: a number or 0-dim tensor as is; one value per task
+    ([tasks], a bundle folded into the task dimension) viewed as [tasks, 1, ...]."""
+    if isinstance(value, torch.Tensor) and value.dim() == 1:
+        return value.view(-1, *([1] * (like.dim() - 1)))
+    return value
+
+
 def gumbel_mask(zeta: torch.Tensor, noise: torch.Tensor, temperature: float) -> torch.Tensor:
     """Straight-through Gumbel-Softmax over [zeta, 0] (eq. 10-11): hard 0/1 in the forward pass,
     the gradient of the relaxed sigmoid((zeta + g1 - g2) / c) in the backward pass."""
-    soft = torch.sigmoid((zeta + noise.to(zeta.dtype)) / temperature)
+    soft = torch.sigmoid((zeta + noise.to(zeta.dtype)) / task_factor(temperature, zeta))
     hard = (soft > 0.5).to(zeta.dtype)
     # exactly 0/1 in value; the sigmoid's gradient. (A custom autograd.Function doing the same in one
     # op each way measured slower here: its Python overhead costs more than the ops it saves.)
@@ -56,7 +90,8 @@ def threshold_mask(zeta: torch.Tensor) -> torch.Tensor:
 
 def adapt(params: Params, x_support: torch.Tensor, y_support: torch.Tensor, *, model, variant: Variant,
           alpha: float, temperature: float, steps: int, loss_fn, noise: dict[str, torch.Tensor] | None = None,
-          mask_mode: str = "sample", all_steps: bool = False, batched: bool = False):
+          mask_mode: str = "sample", all_steps: bool = False, batched: bool = False, frozen: tuple[str, ...] = (),
+          task_params: bool = False):
     """k inner steps on the support set; returns the fast parameters (or, with `all_steps`, the
     list after step 0..k).
 
@@ -64,14 +99,17 @@ def adapt(params: Params, x_support: torch.Tensor, y_support: torch.Tensor, *, m
     [draws, *zeta.shape]. Batched (`batched=True`): inputs and noise carry a leading task dimension,
     the adapted parameters are expanded to [tasks, ...], and one `torch.autograd.grad` of the summed
     per-task losses gives every task's own gradient at once (tasks are independent) - the same math
-    with far fewer dispatches. Second order unless the variant is first order."""
-    names = adapted_names(model, variant)
+    with far fewer dispatches. Second order unless the variant is first order. `frozen` cells are
+    left out of the inner loop (the freezing study). `task_params` (batched only): every parameter
+    already has the task dimension, and alpha / temperature may be one value per task (a bundle of
+    trials folded into the task dimension, core.bundle)."""
+    names = adapted_names(model, variant, frozen)
     first_order = variant.order == "first"
     if batched:
         n_tasks = x_support.shape[0]
         per_task = PER_TASK[loss_fn]
         outer = torch.is_grad_enabled() and any(params[n].requires_grad for n in params)
-        fast = {n: params[n].expand(n_tasks, *params[n].shape) for n in names}
+        fast = {n: params[n] if task_params else params[n].expand(n_tasks, *params[n].shape) for n in names}
         if not outer:
             fast = {n: f.detach().clone().requires_grad_(True) for n, f in fast.items()}
 
@@ -106,7 +144,8 @@ def adapt(params: Params, x_support: torch.Tensor, y_support: torch.Tensor, *, m
                                              temperature)
             m = by_zeta[z]
             # a row mask [(tasks,) out] broadcasts over the row: [(tasks,) out, 1, ...]
-            out[n] = m.reshape(m.shape + (1,) * (params[n].dim() - 1)) if variant.mask == "row" else m
+            trailing = params[n].dim() - (2 if task_params else 1)  # the parameter's dims after its rows
+            out[n] = m.reshape(m.shape + (1,) * trailing) if variant.mask == "row" else m
         return out
 
     def step_sizes(step: int) -> dict:
@@ -114,7 +153,7 @@ def adapt(params: Params, x_support: torch.Tensor, y_support: torch.Tensor, *, m
         masks = masks_for(step)
         lrs = {}
         for n in names:
-            lr = params[f"alpha.{n}"] if variant.learned_alpha else alpha
+            lr = params[f"alpha.{n}"] if variant.learned_alpha else task_factor(alpha, fast[n])
             lrs[n] = masks[n] * lr if n in masks else lr
         return lrs
 

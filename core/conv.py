@@ -29,9 +29,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from .cells import Params, adapted_names
-from .hparams import HParams
-from .variants import Variant
+from .model import Params
+from .registry import register_model
 
 BN_EPS = 1e-3  # tf.contrib.layers.batch_norm's default epsilon
 
@@ -42,10 +41,12 @@ def glorot(shape, fan_in: int, fan_out: int, generator: torch.Generator) -> torc
 
 
 def batch_norm(h: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-    """h: [N, tasks, C, H, W]; statistics per task and channel over (N, H, W), biased variance."""
+    """h: [N, tasks, C, H, W]; statistics per task and channel over (N, H, W), biased variance.
+    gamma, beta: [C], or [tasks, C] (per-task parameters: a bundle folded into the task dimension)."""
     mean = h.mean(dim=(0, 3, 4), keepdim=True)
     var = (h - mean).pow(2).mean(dim=(0, 3, 4), keepdim=True)
-    return (h - mean) * torch.rsqrt(var + BN_EPS) * gamma.view(-1, 1, 1) + beta.view(-1, 1, 1)
+    shape = (1, *gamma.shape, 1, 1) if gamma.dim() == 2 else (-1, 1, 1)
+    return (h - mean) * torch.rsqrt(var + BN_EPS) * gamma.view(shape) + beta.view(shape)
 
 
 @dataclass(frozen=True)
@@ -66,11 +67,6 @@ class ConvNet:
     def miniimagenet(cls, ways: int, image_size: int = 84) -> ConvNet:
         return cls(3, image_size, 32, ways, 4, "maxpool", "flatten")
 
-    @classmethod
-    def for_family(cls, family) -> ConvNet:
-        make = cls.omniglot if family.name == "omniglot" else cls.miniimagenet
-        return make(family.ways, family.input_shape[-1])
-
     @property
     def n_cells(self) -> int:
         return self.n_conv + 1
@@ -87,10 +83,9 @@ class ConvNet:
     def feature_dim(self) -> int:
         return self.filters if self.readout == "mean" else self.filters * self.spatial() ** 2
 
-    def init(self, variant: Variant, hp: HParams, generator: torch.Generator, dtype=torch.float32,
-             device="cpu") -> Params:
-        """W: Glorot uniform (the authors' xavier initialiser), b = 0, gamma = 1, beta = 0, T = I,
-        zeta = zeta_init."""
+    def init(self, generator: torch.Generator, dtype=torch.float32, device="cpu") -> Params:
+        """W: Glorot uniform (the authors' xavier initialiser), b = 0, gamma = 1, beta = 0. A learner
+        adds its own meta-parameters (T as a 1x1 conv, zeta, alpha) on top (core.learners)."""
         p: Params = {}
         c_in, f = self.in_channels, self.filters
         for l in range(self.n_conv):
@@ -103,19 +98,12 @@ class ConvNet:
         head = f"c{self.n_conv}"
         p[f"{head}.W"] = glorot((self.ways, self.feature_dim()), self.feature_dim(), self.ways, generator)
         p[f"{head}.b"] = torch.zeros(self.ways, dtype=torch.float64)
-        for c in self.cell_names():
-            w = p[f"{c}.W"]
-            if variant.transform:
-                p[f"{c}.T"] = torch.eye(w.shape[0], dtype=torch.float64)
-            if variant.mask == "row":
-                p[f"{c}.zeta"] = torch.full((w.shape[0],), hp.zeta_init, dtype=torch.float64)
-            elif variant.mask == "full":
-                p[f"{c}.zeta_W"] = torch.full(w.shape, hp.zeta_init, dtype=torch.float64)
-                p[f"{c}.zeta_b"] = torch.full((w.shape[0],), hp.zeta_init, dtype=torch.float64)
-        for name in adapted_names(self, variant):
-            if variant.learned_alpha:
-                p[f"alpha.{name}"] = torch.full_like(p[name], hp.alpha)
         return {k: v.to(dtype=dtype, device=device) for k, v in p.items()}
+
+    def features(self, p: Params, x: torch.Tensor) -> torch.Tensor:
+        """The pooled (Omniglot: spatial mean) or flattened (MiniImagenet) features the head reads:
+        [(tasks,) N, feature_dim]."""
+        return self.forward(p, x, upto=self.n_conv)
 
     def forward(self, p: Params, x: torch.Tensor, upto: int | None = None) -> torch.Tensor:
         """Logits [N, ways] for x [N, C, H, W], or [tasks, N, ways] for x [tasks, N, C, H, W].
@@ -154,10 +142,14 @@ class ConvNet:
         y = F.conv2d(h.reshape(n, t * c_in, *h.shape[3:]), weight, bias, stride=stride, padding=1, groups=t)
         y = y.reshape(n, t, -1, *y.shape[2:])  # [N, tasks, F, H, W]
         T = p.get(f"{c}.T")
-        if T is not None:  # a 1x1 conv: y_g = sum_f T[g, f] y_f
-            y = torch.einsum("gf,ntfhw->ntghw", T, y)
+        if T is not None:  # a 1x1 conv: y_g = sum_f T[g, f] y_f (T [tasks, g, f]: one per task)
+            y = torch.einsum("tgf,ntfhw->ntghw" if T.dim() == 3 else "gf,ntfhw->ntghw", T, y)
         y = F.relu(batch_norm(y, p[f"{c}.gamma"], p[f"{c}.beta_bn"]))
         if self.downsample == "maxpool":
             y = F.max_pool2d(y.flatten(1, 2), 2, 2)
             y = y.reshape(n, t, -1, *y.shape[2:])
         return y
+
+
+register_model("conv4-omniglot", lambda family, hidden: ConvNet.omniglot(family.ways, family.input_shape[-1]))
+register_model("conv4-miniimagenet", lambda family, hidden: ConvNet.miniimagenet(family.ways, family.input_shape[-1]))

@@ -1,7 +1,8 @@
-"""One outer step over a batch of tasks (MAML eq. 2, Reptile).
+"""One outer step over a batch of tasks (MAML eq. 2, Reptile), for any learner.
 
-The meta-loss is the mean over the meta-batch of each task's query loss after the inner loop.
-Three engines compute the same math (tests check they agree to 1e-6):
+The meta-loss is the mean over the meta-batch of each task's objective (`learner.query_loss`: for
+MAML, the query loss after the inner loop). Three engines compute the same math (tests check they
+agree to 1e-6):
 - "batched" (default): the task dimension is explicit - adapted weights are expanded to
   [tasks, ...] and one autograd call gives every task's inner gradient; fewest dispatches, fastest
   on CPU for the regression nets (bench/bench_core.py).
@@ -14,34 +15,26 @@ from __future__ import annotations
 import torch
 from torch.func import grad, vmap
 
-from .adapt import adapt, mask_noise
-from .cells import Params, adapted_names
 from .losses import PER_TASK
-from .setup import Setup
+from .model import Params
+from .setup import ENGINES, Setup
 from .tasks import Batch
+
+__all__ = ["ENGINES", "meta_loss", "meta_gradient", "reptile_direction", "sample_noise", "outer_step"]
 
 
 def task_objective(params: Params, xs, ys, xq, yq, noise, setup: Setup) -> torch.Tensor:
-    hp = setup.hp
-    fast = adapt(params, xs, ys, model=setup.model, variant=setup.variant, alpha=hp.alpha,
-                 temperature=hp.temperature, steps=hp.inner_steps, loss_fn=setup.loss_fn, noise=noise)
-    return setup.loss_fn(setup.model.forward(fast, xq), yq)
-
-
-ENGINES = ("batched", "vmap", "loop")
+    """One task's meta-training objective (what vmap and the loop engine map over tasks)."""
+    return setup.learner.query_loss(setup, params, Batch(xs, ys, xq, yq), noise, batched=False)
 
 
 def batched_objective(params: Params, batch: Batch, noise: dict, setup: Setup) -> torch.Tensor:
-    """Per-task post-adaptation query losses [tasks], with the task dimension explicit."""
-    hp = setup.hp
-    fast = adapt(params, batch.x_support, batch.y_support, model=setup.model, variant=setup.variant,
-                 alpha=hp.alpha, temperature=hp.temperature, steps=hp.inner_steps, loss_fn=setup.loss_fn,
-                 noise=noise, batched=True)
-    return PER_TASK[setup.loss_fn](setup.model.forward(fast, batch.x_query), batch.y_query)
+    """Per-task objectives [tasks], with the task dimension explicit."""
+    return setup.learner.query_loss(setup, params, batch, noise, batched=True)
 
 
 def meta_loss(params: Params, batch: Batch, noise: dict, setup: Setup, engine: str | None = None):
-    """Mean over tasks of the post-adaptation query loss (the MAML objective)."""
+    """Mean over tasks of each task's objective (for MAML: the post-adaptation query loss, eq. 2)."""
     engine = engine or setup.engine
     if engine == "batched":
         return batched_objective(params, batch, noise, setup).mean()
@@ -76,53 +69,54 @@ def _meta_gradient(params: Params, batch: Batch, noise: dict, setup: Setup, engi
 
 
 def reptile_direction(params: Params, batch: Batch, noise: dict, setup: Setup):
-    """theta - mean_tasks(theta~): with SGD at rate eps this is Reptile's theta + eps (theta~ - theta)."""
+    """theta - mean_tasks(theta~): with SGD at rate eps this is Reptile's theta + eps (theta~ - theta).
+    For learners with `outer == "reptile"` (they provide `trajectory`, the fast parameters)."""
     with setup.math_mode():
         return _reptile_direction(params, batch, noise, setup)
 
 
 def _reptile_direction(params: Params, batch: Batch, noise: dict, setup: Setup):
-    hp, variant = setup.hp, setup.variant
+    learner = setup.learner
+    names = learner.adapted_names(setup.model)
 
-    def one(xs, ys, xq, yq, nz):
-        fast = adapt(params, xs, ys, model=setup.model, variant=variant, alpha=hp.alpha,
-                     temperature=hp.temperature, steps=hp.inner_steps, loss_fn=setup.loss_fn, noise=nz)
-        names = adapted_names(setup.model, variant)
-        return {n: fast[n] for n in names}, setup.loss_fn(setup.model.forward(fast, xq), yq)
+    def adapted(xs, ys, nz, batched):
+        fast = learner.trajectory(setup, params, xs, ys, nz, steps=setup.hp.inner_steps, every_step=False,
+                                  batched=batched)[-1]
+        return {n: fast[n] for n in names}, fast
 
     with torch.no_grad():
         if setup.engine == "batched":
-            fast = adapt(params, batch.x_support, batch.y_support, model=setup.model, variant=variant, alpha=hp.alpha,
-                         temperature=hp.temperature, steps=hp.inner_steps, loss_fn=setup.loss_fn, noise=noise,
-                         batched=True)
-            losses = PER_TASK[setup.loss_fn](setup.model.forward(fast, batch.x_query), batch.y_query)
-            fast = {n: fast[n].detach() for n in adapted_names(setup.model, variant)}
+            fast, full = adapted(batch.x_support, batch.y_support, noise, True)
+            losses = PER_TASK[setup.family.loss](setup.model.forward(full, batch.x_query), batch.y_query)
         else:
+            def one(xs, ys, xq, yq, nz):
+                sub, full = adapted(xs, ys, nz, False)
+                return sub, setup.loss_fn(setup.model.forward(full, xq), yq)
+
             fast, losses = vmap(one)(*batch, noise)
     direction = {n: torch.zeros_like(p) for n, p in params.items()}
     for n, f in fast.items():
-        direction[n] = params[n] - f.mean(0)
+        direction[n] = params[n] - f.detach().mean(0)
     return direction, losses.mean()
 
 
 def sample_noise(params: Params, setup: Setup, generator: torch.Generator, n_tasks: int, steps: int):
-    noise = mask_noise(params, setup.model, setup.variant, generator, n_tasks, steps)
-    return {k: v.to(device=setup.device, dtype=setup.dtype) for k, v in noise.items()}
+    """The learner's noise for n_tasks tasks and up to `steps` steps, on the setup's device/dtype."""
+    return setup.learner.noise(setup, params, generator, n_tasks, steps)
 
 
 def graphs_apply(setup: Setup) -> bool:
     """CUDA graphs (core/graphs.py) for meta-gradients on CUDA; Reptile's no-grad direction stays eager."""
-    return bool(setup.cuda_graphs) and str(setup.device).startswith("cuda") and setup.variant.outer != "reptile"
+    return bool(setup.cuda_graphs) and str(setup.device).startswith("cuda") and setup.learner.outer != "reptile"
 
 
 def outer_step(setup: Setup, state) -> torch.Tensor:
     """One meta-iteration on a fresh meta-batch; updates `state` in place, returns the meta-loss as a
     0-dim tensor on the device (reading it waits for the device: the caller chooses when)."""
     hp = setup.hp
-    batch = setup.family.sample(state.generator, hp.meta_batch, setup.train_shots, setup.queries)
-    batch = batch.to(setup.device, setup.dtype)
+    batch = setup.learner.train_batch(setup, state.generator).to(setup.device, setup.dtype)
     noise = sample_noise(state.params, setup, state.generator, hp.meta_batch, hp.inner_steps)
-    if setup.variant.outer == "reptile":
+    if setup.learner.outer == "reptile":
         grads, loss = reptile_direction(state.params, batch, noise, setup)
     elif graphs_apply(setup):
         from .graphs import graphed_meta_gradient

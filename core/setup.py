@@ -1,4 +1,4 @@
-"""Everything static about one meta-training run: task family, model, variant, hyper-parameters."""
+"""Everything static about one meta-training run: task family, learner, model, hyper-parameters."""
 
 from __future__ import annotations
 
@@ -7,35 +7,52 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .cells import DenseNet
 from .hparams import HParams
 from .losses import LOSSES
 from .tasks import TaskFamily
 from .variants import Variant
 
+ENGINES = ("batched", "vmap", "loop")  # how the tasks of a meta-batch are computed (core.meta)
+
 
 @dataclass(frozen=True)
 class Setup:
+    """`learner`: a Learner (core.learners), or a Variant (the gradient-based learner of that row).
+    `model`: default the learner's model for the family (core.registry.default_model)."""
+
     family: TaskFamily
-    variant: Variant
+    learner: object
     hp: HParams = field(default_factory=HParams)
-    model: object = field(default_factory=DenseNet)
+    model: object = None
     train_shots: int = 10
     queries: int = 10
     device: str = "cpu"
     dtype: torch.dtype = torch.float32
-    engine: str = "batched"  # how tasks of a meta-batch are processed together (see meta.ENGINES), or "auto"
+    engine: str = "batched"  # how tasks of a meta-batch are processed together (ENGINES), or "auto"
     cuda_graphs: bool = True  # on CUDA, replay the meta-gradient from a captured CUDA graph (core/graphs.py)
     tf32: bool = False  # on CUDA, allow TF32 convolutions/matmuls (see math_mode)
     deterministic: bool = True  # on CUDA, deterministic cuDNN algorithms (exact resume; see math_mode)
 
     def __post_init__(self) -> None:
+        if isinstance(self.learner, Variant):
+            from .learners import make_gradient_learner
+
+            v = self.learner
+            object.__setattr__(self, "learner", make_gradient_learner(v.name, **{k: x for k, x in v.as_dict().items()
+                                                                                  if k != "name"}))
+        if self.model is None:
+            object.__setattr__(self, "model", self.learner.make_model(self.family, (40, 40)))
         if self.engine == "auto":
             object.__setattr__(self, "engine", auto_engine(self.model, self.device))
-        if self.engine not in ("batched", "vmap", "loop"):
-            raise ValueError(f"engine must be batched, vmap, loop or auto (got {self.engine!r})")
-        if self.variant.eval_head == "nil" and self.family.loss != "cross_entropy":
-            raise ValueError(f"variant {self.variant.name!r}: eval_head=nil needs a classification task")
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be {', '.join(ENGINES)} or auto (got {self.engine!r})")
+        self.learner.check(self)
+
+    @property
+    def variant(self) -> Variant | None:
+        """The variant of a gradient-based learner (None for other families)."""
+        learner = getattr(self.learner, "base", self.learner)
+        return getattr(learner, "variant", None)
 
     @property
     def loss_fn(self):
@@ -77,3 +94,18 @@ def auto_engine(model, device: str) -> str:
     if is_conv and not str(device).startswith("cuda"):
         return "loop"
     return "batched"
+
+
+def check_sizes(setup: Setup, *, eval_split: str = "test", eval_shots=(), val: bool = True) -> None:
+    """Every constraint the data or the learner imposes on a trial, checked before any training:
+    training episodes (train shots + queries per class) from the train split, validation ones from the
+    val split, evaluation ones (the largest evaluated shot count + queries) from `eval_split`, ways
+    against each split's classes; then the learner's own `check`. Raises ValueError (the family's
+    DataError) naming the split, the sizes and what to lower."""
+    family = setup.family
+    family.check_episode("train", setup.train_shots, setup.queries)
+    if val:
+        family.check_episode("val", setup.train_shots, setup.queries)
+    if eval_shots:
+        family.check_episode(eval_split, max(int(k) for k in eval_shots), setup.queries)
+    setup.learner.check(setup)

@@ -12,16 +12,19 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .cells import Params
+from .model import Params
 from .setup import Setup
 
 
 def make_optimizer(setup: Setup, params: Params) -> torch.optim.Optimizer:
     """Adam with step size beta (eq. 2); Reptile's outer update is plain SGD at rate epsilon = beta."""
     tensors = list(params.values())
-    if setup.variant.outer == "reptile":
+    if setup.learner.outer == "reptile":
         return torch.optim.SGD(tensors, lr=setup.hp.beta, foreach=True)
-    return torch.optim.Adam(tensors, lr=setup.hp.beta, foreach=True)
+    # the fused kernel: one pass over every tensor (CPU and CUDA); 50 us against 135 us for the foreach
+    # implementation on the sine net's 12 tensors, which matters when a step takes 1-2 ms (bundles step
+    # one optimiser per member)
+    return torch.optim.Adam(tensors, lr=setup.hp.beta, fused=True)
 
 
 @dataclass
@@ -52,18 +55,16 @@ class TrainState:
         return buf.getvalue()
 
     def save(self, path) -> None:
-        tmp = f"{path}.tmp"
-        with open(tmp, "wb") as f:
+        """Write the checkpoint file (Ray Tune's trainable saves into a fresh folder it then commits,
+        so this needs no atomic rename of its own)."""
+        with open(path, "wb") as f:
             f.write(self.to_bytes())
-        import os
-
-        os.replace(tmp, path)
 
 
 def init_state(setup: Setup, seed: int) -> TrainState:
     """Seeded initial state: the same seed gives the same init, tasks and noise."""
     generator = torch.Generator().manual_seed(int(seed))
-    params = setup.model.init(setup.variant, setup.hp, generator, dtype=setup.dtype, device=setup.device)
+    params = setup.learner.init(setup, generator)
     return TrainState(params, make_optimizer(setup, params), generator, 0, int(seed))
 
 

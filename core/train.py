@@ -19,28 +19,9 @@ from .setup import Setup
 from .state import TrainState
 
 
-def mask_fractions(setup: Setup, params) -> tuple[float | None, list[float] | None]:
-    """Expected fraction of weights the task learner updates: mean of P(m = 1) = sigmoid(zeta)
-    over all zeta (overall, and per cell) - the quantity of MT-net Fig. 4."""
-    if not setup.variant.masked:
-        return None, None
-    per_cell, all_probs = [], []
-    for c in setup.model.cell_names():
-        probs = [torch.sigmoid(v.detach()).flatten() for k, v in params.items()
-                 if k.startswith(f"{c}.zeta")]
-        if probs:
-            p = torch.cat(probs)
-            per_cell.append(float(p.mean()))
-            all_probs.append(p)
-    return float(torch.cat(all_probs).mean()), per_cell
-
-
-def alpha_mean(params) -> float | None:
-    alphas = [v.detach().flatten() for k, v in params.items() if k.startswith("alpha.")]
-    return float(torch.cat(alphas).mean()) if alphas else None
-
-
 def validation_loss(setup: Setup, params, val_tasks: int, eval_seed: int) -> tuple[float, float | None]:
+    """Mean query loss (and accuracy) on `val_tasks` meta-validation tasks at the training shots and
+    inner steps: the tune stage's objective."""
     cols = evaluate(setup, params, split="val", eval_seed=eval_seed, n_tasks=val_tasks,
                     shots=(setup.train_shots,), steps=(setup.hp.inner_steps,), chunk=val_tasks)
     acc = cols["accuracy"]
@@ -53,10 +34,11 @@ def params_finite(params) -> bool:
 
 def train(setup: Setup, state: TrainState, meta_steps: int, *, report_every: int = 100,
           val_tasks: int = 100, val_seed: int = 0,
-          on_report: Callable[[TrainState, dict], bool | None] | None = None) -> str:
-    """Run until `meta_steps` outer steps are done. Returns "completed", "diverged" (a NaN/inf loss:
-    a result, not a crash) or "stopped_early" (on_report returned True). Curve rows accumulate in
-    `state.curves` so that they survive a checkpoint/resume.
+          on_report: Callable[[TrainState, dict], None] | None = None) -> str:
+    """Run until `meta_steps` outer steps are done. Returns "completed" or "diverged" (a NaN/inf
+    loss: a result, not a crash). A scheduler that stops a trial early does so from outside (Ray
+    Tune ends the trial at a report). Curve rows accumulate in `state.curves` so that they survive a
+    checkpoint/resume.
 
     On CUDA each step's loss is read one step late: reading it waits for the GPU, and meanwhile the
     CPU has already sampled and queued the next meta-batch (on an H100 sampling Omniglot episodes
@@ -86,14 +68,15 @@ def train(setup: Setup, state: TrainState, meta_steps: int, *, report_every: int
             state.curves.append(row)
             if not math.isfinite(val_loss):
                 return "diverged"
-            if on_report is not None and on_report(state, row):
-                return "stopped_early"
+            if on_report is not None:
+                on_report(state, row)  # the caller's side effects (progress, Tune's report and checkpoint)
     return "completed"
 
 
 def curve_row(setup: Setup, state: TrainState, step: int, window: list[float], wall0: float,
               val_loss: float = float("nan"), val_acc: float | None = None) -> dict:
-    frac, per_cell = mask_fractions(setup, state.params)
+    """One learning-curve row: the step, wall time, mean meta-train loss since the last row, the
+    validation loss/accuracy and the learner's diagnostics (e.g. MT-net's mask_fraction)."""
     state.extra["wall_seconds"] = time.perf_counter() - wall0
     return {
         "meta_step": step,
@@ -101,7 +84,5 @@ def curve_row(setup: Setup, state: TrainState, step: int, window: list[float], w
         "meta_train_loss": float(np.mean(window)),
         "val_loss": val_loss,
         "val_accuracy": val_acc,
-        "mask_fraction": frac,
-        "mask_fraction_per_cell": per_cell,
-        "alpha_mean": alpha_mean(state.params),
+        **setup.learner.diagnostics(setup, state.params),
     }

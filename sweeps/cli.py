@@ -87,7 +87,7 @@ def train(
 ):
     """Meta-train one variant (no Ray), print the evaluation table and write the Parquet rows."""
     from metasweep.analysis.store import write_trial
-    from metasweep.core import VariantError
+    from metasweep.core import RegistryError, VariantError
 
     from .trial import TrialConfig, run_trial
 
@@ -146,9 +146,9 @@ def train(
                           device=device, cka_tasks=cka_tasks, cuda_graphs=cuda_graphs, tf32=tf32)
         if min(cfg.eval_shots) < 1:
             raise UserError(f"--eval-shots: shot counts must be >= 1 (got {eval_shots!r})")
-        from metasweep.core import get_variant
+        from metasweep.core.registry import make_learner
 
-        get_variant(variant)
+        make_learner(variant)
         if image:
             from metasweep.core.tasks import DataError, make_family
 
@@ -161,7 +161,7 @@ def train(
 
             if not torch.cuda.is_available():
                 raise UserError(f"--device {device}: CUDA is not available on this machine")
-    except VariantError as e:
+    except (VariantError, RegistryError) as e:
         fail(f"--variant: {e}")
     except UserError as e:
         fail(str(e))
@@ -186,7 +186,7 @@ def train(
     if result.summary:
         print_summary(result.summary, f"{variant} on {task}: eval loss on {eval_tasks} meta-test tasks")
         if image:
-            from metasweep.core.evaluate import summarize
+            from metasweep.analysis.summary import summarize
 
             print_summary(summarize(result.eval_tasks, "accuracy"),
                           f"{variant} on {task}: eval accuracy on {eval_tasks} meta-test tasks ({ways}-way)",

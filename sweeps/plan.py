@@ -7,12 +7,11 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
-from metasweep.core.variants import get_variant
+from metasweep.core.hparams import hparam_def
+from metasweep.core.registry import make_learner
 
 from .spec import Range, Spec
 from .trial import TrialConfig
-
-SEARCHED = ("alpha", "beta", "temperature")
 
 
 @dataclass(frozen=True)
@@ -25,13 +24,18 @@ class Cell:
         return f"{self.variant}-k{self.shots}"
 
 
+TRIAL_FIELDS = set(TrialConfig.__dataclass_fields__) - {"alpha", "beta", "temperature", "inner_steps", "meta_batch",
+                                                        "mask_eval", "zeta_init"}
+
+
 def cells(spec: Spec) -> list[Cell]:
     return [Cell(v, k) for v in spec.variant_names() for k in spec.train_shots]
 
 
-def is_masked(spec: Spec, variant: str) -> bool:
+def learner_of(spec: Spec, variant: str):
+    """The learner a variant of the spec names (its preset with its switches)."""
     preset, switches = spec.variant_of(variant)
-    return get_variant(preset, **switches).masked
+    return make_learner(preset, name=variant, **switches)
 
 
 def trial_config(spec: Spec, cell: Cell, *, split: str, seed: int, **overrides) -> TrialConfig:
@@ -46,19 +50,24 @@ def trial_config(spec: Spec, cell: Cell, *, split: str, seed: int, **overrides) 
         eval_seed=e.seed, eval_tasks=e.tasks, eval_shots=tuple(e.shots), eval_steps=tuple(e.inner_steps),
         mask_eval=e.mask_eval, seed=seed, cka_tasks=e.cka_tasks)
     for k, v in overrides.items():
-        setattr(cfg, k, v)
+        if k in TRIAL_FIELDS:
+            setattr(cfg, k, v)
+        else:
+            cfg.set_hparam(k, v)
     return cfg
 
 
 def search_space(spec: Spec, variant: str) -> dict[str, Range]:
-    """The ranges Optuna searches for one variant: alpha, beta, and c only for masked variants
-    (the temperature does nothing without a mask). Per-variant overrides replace a range."""
+    """The ranges Optuna searches for one variant: the hyper-parameters its learner searches (for a
+    gradient learner alpha, beta, and c only with a mask: the temperature does nothing without one).
+    Per-variant overrides replace a range."""
     space = {}
     override = spec.search.overrides.get(variant)
-    for name in SEARCHED:
-        if name == "temperature" and not is_masked(spec, variant):
-            continue
+    for name in learner_of(spec, variant).searched():
         rng = getattr(override, name, None) if override else None
+        if rng is None and not hasattr(spec.search, name):  # a learner's own: its declared default range
+            low, high, log = hparam_def(name).search
+            rng = Range(low=low, high=high, log=log)
         rng = rng or getattr(spec.search, name)
         if rng is not None:
             space[name] = rng

@@ -5,14 +5,14 @@ from __future__ import annotations
 from ray.tune import Callback
 
 
-def _masked(cfg: dict) -> bool:
-    """c matters for masked variants only; don't print it for the others."""
-    from metasweep.core.variants import get_variant
+def _reads(cfg: dict) -> tuple[str, ...]:
+    """The hyper-parameters the trial's learner reads (print only those: c matters with a mask only)."""
+    from metasweep.core.registry import make_learner
 
     try:
-        return get_variant(cfg.get("variant", "maml"), **cfg.get("variant_overrides", {})).masked
+        return make_learner(cfg.get("variant", "maml"), **cfg.get("variant_overrides", {})).reads()
     except Exception:
-        return True
+        return ("alpha", "beta", "temperature")
 
 
 class TrialProgress(Callback):
@@ -31,7 +31,7 @@ class TrialProgress(Callback):
         point = trial.config.get("point", trial.config)
         cfg = {**point.get("trial", {}), **{k: v for k, v in trial.config.items() if k in ("alpha", "beta", "temperature")}}
         variant = point.get("meta", {}).get("variant", "")
-        keys = ["alpha", "beta"] + (["temperature"] if _masked(cfg) else [])
+        keys = [k for k in ("alpha", "beta", "temperature") if k in _reads(cfg)]
         hp = ", ".join(f"{k}={cfg[k]:.3g}" for k in keys if k in cfg)
         val = r.get("val_loss")
         val = f"{val:.4f}" if isinstance(val, float) else "-"

@@ -3,6 +3,7 @@ keeps a manifest so that an interrupted sweep resumes where it stopped, and prin
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -17,6 +18,7 @@ from .errors import UserError
 from .experiment import experiment_uri, is_local, read_manifest, read_text, write_manifest, write_text
 from .plan import Cell, cells, grid_trial_configs, search_space, stage_test_configs, tune_trial_base
 from .spec import Spec, load_spec, parse_spec
+from .trial import TrialConfig
 
 console = make_console(stderr=True)
 
@@ -168,12 +170,9 @@ def _tuner(exp_uri: str, name: str, make, stage: str, cell: Cell | None = None):
 # --------------------------------------------------------------------------------------- stages
 
 
-def _meta(spec: Spec, exp_uri: str, spec_hash: str, stage: str, cell: Cell,
-          source: tuple[str | None, str | None] = (None, None)) -> dict:
-    """What a trial needs besides its configuration; `source` is (hp_source, hp_source_trial) of its
-    hyper-parameters (store.HP_SOURCES; None for a tune trial, whose configuration the search draws)."""
+def _meta(spec: Spec, exp_uri: str, spec_hash: str, stage: str, cell: Cell) -> dict:
     return {"experiment": spec.experiment, "stage": stage, "variant": cell.variant, "results_uri": exp_uri,
-            "spec_hash": spec_hash, "cpus": spec.resources.cpu, "hp_source": source[0], "hp_source_trial": source[1]}
+            "spec_hash": spec_hash, "cpus": spec.resources.cpu}
 
 
 def run_tune_cell(spec: Spec, exp_uri: str, spec_hash: str, cell: Cell) -> None:
@@ -182,7 +181,9 @@ def run_tune_cell(spec: Spec, exp_uri: str, spec_hash: str, cell: Cell) -> None:
 
     name = f"tune-{cell.name}"
     space = search_space(spec, cell.variant)
-    base = tune_trial_base(spec, cell).to_dict()
+    base = tune_trial_base(spec, cell)
+    base.hp_source = None  # drawn by the search (store.HP_SOURCES)
+    base = base.to_dict()
 
     define_by_run = DefineByRun({k: (r.low, r.high, r.log) for k, r in space.items()})
 
@@ -254,7 +255,8 @@ def best_configs(spec: Spec, exp_uri: str) -> dict[str, dict]:
         if not rows:
             continue
         best = min(rows, key=lambda r: r["final_val_loss"])
-        hp = {k: best[k] for k in search_space(spec, cell.variant)}
+        conf = TrialConfig.from_dict(json.loads(best["config"]))
+        hp = {k: conf.hparam(k) for k in search_space(spec, cell.variant)}
         out[cell.name] = {**hp, "_val_loss": best["final_val_loss"], "_trial_id": best["trial_id"]}
     return out
 
@@ -266,9 +268,9 @@ def run_grid_stage(spec: Spec, exp_uri: str, spec_hash: str, stage: str, configs
     from ray import tune
 
     name = stage
-    points = [{"trial": cfg.to_dict(),
-               "meta": _meta(spec, exp_uri, spec_hash, stage, cell, (sources or {}).get(cell.name, ("grid", None)))}
-              for cell, cfg in configs]
+    for cell, cfg in configs:  # where each trial's hyper-parameters came from (store.HP_SOURCES)
+        cfg.hp_source, cfg.hp_source_trial = (sources or {}).get(cell.name, ("grid", None))
+    points = [{"trial": cfg.to_dict(), "meta": _meta(spec, exp_uri, spec_hash, stage, cell)} for cell, cfg in configs]
 
     def make(restore_path):
         if restore_path:

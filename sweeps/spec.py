@@ -11,7 +11,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from metasweep.core.variants import PRESETS, VariantError, get_variant
+from metasweep.core import registry
 
 from .errors import UserError
 
@@ -38,27 +38,18 @@ class TaskSpec(Strict):
     @field_validator("family")
     @classmethod
     def _family(cls, v):
-        if v not in ("sine", "polynomial", "omniglot", "miniimagenet"):
-            raise ValueError("Input should be 'sine' or 'polynomial' (regression), or 'omniglot' or 'miniimagenet' "
-                             "(image classification)")
+        if v not in registry.family_names():
+            raise ValueError(f"unknown task family {v!r}; available: {', '.join(registry.family_names())}")
         return v
 
     @field_validator("options")
     @classmethod
     def _options_exist(cls, v, info):
-        from dataclasses import fields
-
-        from metasweep.core.tasks import FAMILIES, make_family
-
         family = info.data.get("family")
-        if family not in FAMILIES:
+        if family not in registry.family_names():
             return v
-        allowed = [f.name for f in fields(FAMILIES[family])]
-        for key in v:
-            if key not in allowed:
-                raise ValueError(f"unknown option {key!r} for task family {family}; allowed: {', '.join(allowed)}")
         try:
-            make_family(family, **{k: tuple(x) if isinstance(x, list) else x for k, x in v.items()})
+            registry.make_family(family, **v)
         except (TypeError, ValueError) as e:
             raise ValueError(str(e)) from None
         return v
@@ -86,18 +77,18 @@ class VariantSpec(Strict):
     @field_validator("preset")
     @classmethod
     def _preset(cls, v):
-        if v not in PRESETS:
-            raise ValueError(f"unknown preset {v!r}; presets: {', '.join(PRESETS)}")
+        if v not in registry.preset_names():
+            raise ValueError(f"unknown preset {v!r}; presets: {', '.join(registry.preset_names())}")
         return v
 
     @field_validator("switches")
     @classmethod
     def _switches(cls, v, info):
         preset = info.data.get("preset")
-        if preset in PRESETS:
+        if preset in registry.preset_names():
             try:
-                get_variant(preset, **v)
-            except VariantError as e:
+                registry.make_learner(preset, **v)
+            except ValueError as e:
                 raise ValueError(str(e)) from None
         return v
 
@@ -294,11 +285,7 @@ class Spec(Strict):
             raise ValueError("mode grid needs a 'grid' mapping of field -> list of values")
         if self.mode != "grid" and self.grid:
             raise ValueError("'grid' only applies with mode: grid")
-        from dataclasses import fields
-
-        from metasweep.core.tasks import FAMILIES, make_family
-
-        allowed = [f.name for f in fields(FAMILIES[self.task.family])]
+        allowed = registry.family_options(self.task.family)
         for key, values in self.grid.items():
             if key.startswith("task."):
                 option = key.removeprefix("task.")
@@ -307,7 +294,7 @@ class Spec(Strict):
                                      f"allowed: {', '.join(allowed)}")
                 for x in values:
                     try:
-                        make_family(self.task.family, **{**self.task.options, option: x})
+                        registry.make_family(self.task.family, **{**self.task.options, option: x})
                     except (TypeError, ValueError) as e:
                         raise ValueError(f"grid: task.{option}={x!r}: {e}") from None
         return self

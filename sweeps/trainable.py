@@ -48,19 +48,17 @@ def node_name() -> str:
 
 
 def learner_facts(cfg: TrialConfig) -> tuple[str, bool, dict, dict | None]:
-    """(learner_kind, inner_loop, hyper-parameters the learner reads, variant switches) of a trial.
-    Every learner is a gradient-based variant for now: it reads alpha, beta, inner steps and the
-    meta-batch; a masked one also the temperature c, the mask at evaluation and zeta's init."""
-    from metasweep.core import get_variant
+    """(learner_kind, inner_loop, {name: value} of the hyper-parameters the learner reads, its
+    switches) of a trial, from the registry's learner. A learner the registry refuses (the trial
+    errors on it) is recorded as a gradient learner given alpha, beta, inner steps and meta-batch."""
+    from metasweep.core.registry import load_plugins, make_learner
 
-    hparams = {"alpha": cfg.alpha, "beta": cfg.beta, "inner_steps": cfg.inner_steps, "meta_batch": cfg.meta_batch}
     try:
-        variant = get_variant(cfg.variant, **cfg.variant_overrides)
-    except ValueError:  # the trial errors on it; its row still says what it was given
-        return "gradient", True, hparams, None
-    if variant.masked:
-        hparams.update(temperature=cfg.temperature, mask_eval=cfg.mask_eval, zeta_init=cfg.zeta_init)
-    return "gradient", True, hparams, variant.as_dict()
+        load_plugins(cfg.plugins)
+        learner = make_learner(cfg.variant, **cfg.variant_overrides)
+    except (ValueError, ImportError):
+        return "gradient", True, {k: cfg.hparam(k) for k in ("alpha", "beta", "inner_steps", "meta_batch")}, None
+    return learner.kind, learner.inner_loop, {k: cfg.hparam(k) for k in learner.reads()}, learner.switches()
 
 
 def row_of(cfg: TrialConfig, meta: dict, trial_id: str, attempt: int, started, *, status: str,
@@ -68,12 +66,11 @@ def row_of(cfg: TrialConfig, meta: dict, trial_id: str, attempt: int, started, *
     """The trials row of this trial with `status` and what it measured (meta_steps, wall_seconds,
     final_val_loss, error, ended_at): the running rows and the final row differ only in those."""
     kind, inner_loop, hparams, switches = learner_facts(cfg)
-    default_source = "grid" if meta["stage"] == "grid" else None  # Tuner states saved before hp_source existed
     return trial_row(
         experiment=meta["experiment"], stage=meta["stage"], trial_id=trial_id, attempt=attempt,
         variant=meta["variant"], status=status, task_family=cfg.task, task_options=cfg.task_options,
         train_shots=cfg.train_shots, seed=cfg.seed, learner_kind=kind, inner_loop=inner_loop, hparams=hparams,
-        hp_source=meta.get("hp_source", default_source), hp_source_trial=meta.get("hp_source_trial"),
+        hp_source=cfg.hp_source, hp_source_trial=cfg.hp_source_trial,
         variant_switches=switches, config=cfg.to_dict(), node=node_name(),
         device=device or resolve_device(cfg.device), spec_hash=meta["spec_hash"], started_at=started, **measured)
 
@@ -98,10 +95,10 @@ def metasweep_trainable(config: dict) -> None:
         config = {**config["point"], **{k: v for k, v in config.items() if k != "point"}}
     meta = config["meta"]
     trial = dict(config["trial"])
-    for key in ("alpha", "beta", "temperature"):
-        if key in config:  # chosen by Optuna (define-by-run space)
-            trial[key] = float(config[key])
     cfg = TrialConfig.from_dict(trial)
+    for key, value in config.items():  # hyper-parameters chosen by Optuna (define-by-run space) are top level
+        if key not in ("trial", "meta", "point"):
+            cfg.set_hparam(key, value)
     torch.set_num_threads(max(1, int(meta.get("cpus", 1))))
     trial_id = f"{meta['stage']}-{tune.get_context().get_trial_id()}"
     uri = meta["results_uri"]

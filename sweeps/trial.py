@@ -17,13 +17,14 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from metasweep.core import HParams, get_variant
-from metasweep.core.cells import DenseNet
-from metasweep.core.conv import ConvNet
-from metasweep.core.evaluate import evaluate, summarize
-from metasweep.core.setup import Setup
+from metasweep.analysis.summary import summarize
+from metasweep.core import HParams
+from metasweep.core.evaluate import evaluate
+from metasweep.core.hparams import COMMON
+from metasweep.core.hparams import default as default_hparam
+from metasweep.core.registry import load_plugins, make_family, make_learner
+from metasweep.core.setup import Setup, check_sizes
 from metasweep.core.state import TrainState, init_state
-from metasweep.core.tasks import IMAGE_FAMILIES, make_family
 from metasweep.core.train import train
 
 
@@ -61,20 +62,36 @@ class TrialConfig:
     cuda_graphs: bool = True  # CUDA: meta-gradient replayed from a captured graph (core/graphs.py)
     tf32: bool = False  # CUDA: TF32 convolutions/matmuls (core.setup.Setup.math_mode)
     cka_tasks: int = 0  # image tasks: > 0 computes per-layer CKA before/after the inner loop on that many
-    #                     evaluation tasks (the results table `cka`, analysis/cka.py)
+    #                     evaluation tasks (the results table `cka`, core/similarity.py)
+    extra_hparams: dict = field(default_factory=dict)  # a learner family's own hyper-parameters, by name
+    plugins: tuple[str, ...] = ()  # modules that register learners / task families (core.registry.load_plugins)
+    hp_source: str = "given"  # where alpha, beta, ... came from: tuned | fallback | defaults | grid | given
+    hp_source_trial: str | None = None  # the tune trial a tuned configuration came from
 
     @classmethod
     def from_dict(cls, d: dict) -> TrialConfig:
         known = set(cls.__dataclass_fields__)
         cfg = cls(**{k: v for k, v in d.items() if k in known})
         cfg.hidden = tuple(cfg.hidden)
+        cfg.plugins = tuple(cfg.plugins)
         cfg.eval_shots = tuple(int(s) for s in cfg.eval_shots)
         cfg.eval_steps = tuple(int(s) for s in cfg.eval_steps)
         return cfg
 
+    def set_hparam(self, name: str, value) -> None:
+        """Set a hyper-parameter by name: a common one is a field, a learner's own goes to extra_hparams."""
+        if name in COMMON:
+            setattr(self, name, value)
+        else:
+            self.extra_hparams = {**self.extra_hparams, name: value}
+
+    def hparam(self, name: str):
+        return getattr(self, name) if name in COMMON else self.extra_hparams.get(name, default_hparam(name))
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["hidden"], d["eval_shots"], d["eval_steps"] = list(self.hidden), list(self.eval_shots), list(self.eval_steps)
+        d["plugins"] = list(self.plugins)
         return d
 
 
@@ -85,20 +102,25 @@ def resolve_device(device: str) -> str:
 
 
 def build_setup(cfg: TrialConfig) -> Setup:
-    family = make_family(cfg.task, **{k: (tuple(v) if isinstance(v, list) else v)
-                                      for k, v in cfg.task_options.items()})
-    variant = get_variant(cfg.variant, **cfg.variant_overrides)
+    """The core objects of a trial: the task family and the learner from the registry (by name),
+    the learner's model for the family, the hyper-parameters. ValueError (a RegistryError,
+    VariantError or the family's own) naming what is wrong."""
+    load_plugins(cfg.plugins)
+    family = make_family(cfg.task, **cfg.task_options)
+    learner = make_learner(cfg.variant, **cfg.variant_overrides)
     hp = HParams(alpha=cfg.alpha, beta=cfg.beta, temperature=cfg.temperature, inner_steps=cfg.inner_steps,
-                 meta_batch=cfg.meta_batch, mask_eval=cfg.mask_eval, zeta_init=cfg.zeta_init)
-    if cfg.task in IMAGE_FAMILIES:
-        # image tasks: the authors' conv net (64 filters / stride 2 for Omniglot, 32 filters / max-pool
-        # for MiniImagenet); `hidden` does not apply. Options data_root, ways, cache_dir (and Omniglot's
-        # splits, split_seed) live in task_options; queries and shots are per class.
-        model = ConvNet.for_family(family)
-    else:
-        model = DenseNet(tuple((*family.input_shape, *cfg.hidden, family.output_dim)))
-    return Setup(family, variant, hp, model, cfg.train_shots, cfg.queries,
+                 meta_batch=cfg.meta_batch, mask_eval=cfg.mask_eval, zeta_init=cfg.zeta_init, extra=cfg.extra_hparams)
+    # image tasks: the authors' conv net (64 filters / stride 2 for Omniglot, 32 filters / max-pool for
+    # MiniImagenet), `hidden` does not apply; options data_root, ways, cache_dir (and Omniglot's splits,
+    # split_seed) live in task_options; queries and shots are per class
+    model = learner.make_model(family, tuple(cfg.hidden))
+    return Setup(family, learner, hp, model, cfg.train_shots, cfg.queries,
                  device=resolve_device(cfg.device), engine=cfg.engine, cuda_graphs=cfg.cuda_graphs, tf32=cfg.tf32)
+
+
+def check_trial(cfg: TrialConfig, setup: Setup) -> None:
+    """Every size constraint of the data and the learner, before any training (ValueError)."""
+    check_sizes(setup, eval_split=cfg.eval_split, eval_shots=cfg.eval_shots, val=cfg.val_tasks > 0)
 
 
 def package_version() -> str:
@@ -124,16 +146,6 @@ def now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
-def _errored(cfg, error, trial_id, experiment, stage, attempt, spec_hash, started) -> TrialResult:
-    row = {"experiment": experiment, "stage": stage, "trial_id": trial_id, "attempt": attempt,
-           "variant": cfg.variant, "task_family": cfg.task, "train_shots": cfg.train_shots, "seed": cfg.seed,
-           "alpha": cfg.alpha, "beta": cfg.beta, "config": json.dumps(cfg.to_dict(), sort_keys=True, default=str),
-           "status": "errored", "error": error, "meta_steps": 0, "node": socket.gethostname(),
-           "package_version": package_version(), "git_sha": git_sha(), "spec_hash": spec_hash,
-           "started_at": started, "ended_at": now()}
-    return TrialResult("errored", row, curve_columns([]), {}, [])
-
-
 @dataclass
 class TrialResult:
     status: str
@@ -144,67 +156,101 @@ class TrialResult:
     cka: dict = field(default_factory=dict)  # rows of the optional `cka` table
 
 
+CURVE_COLUMNS = ("meta_step", "wall_seconds", "meta_train_loss", "val_loss", "val_accuracy", "mask_fraction",
+                 "mask_fraction_per_cell", "alpha_mean")
+
+
 def curve_columns(rows: list[dict]) -> dict:
-    names = ["meta_step", "wall_seconds", "meta_train_loss", "val_loss", "val_accuracy", "mask_fraction",
-             "mask_fraction_per_cell", "alpha_mean"]
-    return {n: [r.get(n) for r in rows] for n in names}
+    return {n: [r.get(n) for r in rows] for n in CURVE_COLUMNS}
+
+
+def _failure(phase: str, e: Exception) -> str:
+    """The message of a trial's crash, for its row: the phase, the exception, the innermost frames."""
+    return f"{phase}: {type(e).__name__}: {e}\n{traceback.format_exc(limit=-4)}"
 
 
 def run_trial(cfg: TrialConfig, *, trial_id: str, experiment: str = "train", stage: str = "single",
               attempt: int = 0, spec_hash: str = "", state: TrainState | None = None,
-              on_report: Callable[[TrainState, dict], bool | None] | None = None) -> TrialResult:
-    """Train (from `state` if given, so that a resumed trial continues exactly), evaluate on the
-    fixed evaluation tasks, and assemble the dataset rows. A NaN/inf loss is status "diverged"; an
-    exception inside training is status "errored" with its message - both are results."""
-    started = now()
-    t0 = time.perf_counter()
-    error = ""
+              on_report: Callable[[TrainState, dict], None] | None = None) -> TrialResult:
+    """Build and check the trial (every size constraint before any training), train (from `state`
+    if given, so that a resumed trial continues exactly), evaluate on the fixed evaluation tasks, and
+    assemble the dataset rows. A NaN/inf loss is status "diverged"; an exception in any phase
+    (configuration, training, evaluation, CKA) is status "errored" with the phase and message in the
+    row - both are results, and the rows written so far are kept."""
+    started, t0 = now(), time.perf_counter()
+    setup = None
     try:
         setup = build_setup(cfg)
+        check_trial(cfg, setup)
     except Exception as e:  # a configuration the core refuses: an errored result with its reason
-        return _errored(cfg, f"{type(e).__name__}: {e}", trial_id, experiment, stage, attempt, spec_hash, started)
+        row = trial_row(cfg, setup, status="errored", error=f"configuration: {type(e).__name__}: {e}",
+                        trial_id=trial_id, experiment=experiment, stage=stage, attempt=attempt, spec_hash=spec_hash,
+                        started=started, meta_steps=0, wall=time.perf_counter() - t0, curves=[])
+        return TrialResult("errored", row, curve_columns([]), {}, [])
     torch.manual_seed(cfg.seed)
-    if state is None:
-        state = init_state(setup, cfg.seed)
+    state = state or init_state(setup, cfg.seed)
+    error, eval_cols, cka_cols, phase = "", {}, {}, "training"
     try:
         status = train(setup, state, cfg.meta_steps, report_every=cfg.report_every, val_tasks=cfg.val_tasks,
                        val_seed=cfg.val_seed, on_report=on_report)
+        phase = "evaluation"
+        if status == "completed":
+            eval_cols = _evaluation(cfg, setup, state)
+            phase = "CKA"
+            if cfg.cka_tasks > 0:
+                cka_cols = _cka(cfg, setup, state)
     except Exception as e:  # a result to record, not a crash of the sweep
-        status, error = "errored", f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}"
-    eval_cols: dict = {}
-    summary: list[dict] = []
-    if status in ("completed", "stopped_early"):
-        eval_cols = evaluate(setup, state.params, split=cfg.eval_split, eval_seed=cfg.eval_seed,
-                             n_tasks=cfg.eval_tasks, shots=cfg.eval_shots, steps=cfg.eval_steps,
-                             mask_eval=cfg.mask_eval)
-        # Training finished; a non-finite evaluation loss (e.g. many inner steps with a large alpha)
-        # is an evaluation result, kept as is in its row and flagged by the ranking.
-        eval_cols["split"] = [cfg.eval_split] * len(eval_cols["loss"])
-        eval_cols["eval_seed"] = [cfg.eval_seed] * len(eval_cols["loss"])
-        eval_cols["mask_eval"] = [cfg.mask_eval if setup.variant.masked else None] * len(eval_cols["loss"])
-        summary = summarize(eval_cols)
-    cka_cols: dict = {}
-    if status in ("completed", "stopped_early") and cfg.cka_tasks > 0:
-        from metasweep.analysis.cka import cka_before_after
+        status, error = "errored", _failure(phase, e)
+    row = trial_row(cfg, setup, status=status, error=error, trial_id=trial_id, experiment=experiment, stage=stage,
+                    attempt=attempt, spec_hash=spec_hash, started=started, meta_steps=state.step,
+                    wall=state.extra.get("wall_seconds", time.perf_counter() - t0), curves=state.curves)
+    summary = summarize(eval_cols) if eval_cols else []
+    return TrialResult(status, row, curve_columns(state.curves), eval_cols, summary, cka_cols)
 
-        cka_cols = cka_before_after(setup, state.params, split=cfg.eval_split, eval_seed=cfg.eval_seed,
-                                    n_tasks=cfg.cka_tasks)
-        n = len(cka_cols["cka"])
-        cka_cols.update(split=[cfg.eval_split] * n, eval_seed=[cfg.eval_seed] * n,
-                        shots=[cfg.train_shots] * n)
-    final_val = state.curves[-1]["val_loss"] if state.curves else float("nan")
-    trial_row = {
+
+def _evaluation(cfg: TrialConfig, setup: Setup, state: TrainState) -> dict:
+    """The eval_tasks rows. A non-finite evaluation loss (e.g. many inner steps with a large alpha)
+    is an evaluation result, kept as is in its row and flagged by the ranking."""
+    cols = evaluate(setup, state.params, split=cfg.eval_split, eval_seed=cfg.eval_seed, n_tasks=cfg.eval_tasks,
+                    shots=cfg.eval_shots, steps=cfg.eval_steps, mask_eval=cfg.mask_eval)
+    n = len(cols["loss"])
+    masked = "mask_eval" in setup.learner.reads()
+    return {**cols, "split": [cfg.eval_split] * n, "eval_seed": [cfg.eval_seed] * n,
+            "mask_eval": [cfg.mask_eval if masked else None] * n}
+
+
+def _cka(cfg: TrialConfig, setup: Setup, state: TrainState) -> dict:
+    from metasweep.core.similarity import cka_before_after
+
+    cols = cka_before_after(setup, state.params, split=cfg.eval_split, eval_seed=cfg.eval_seed, n_tasks=cfg.cka_tasks)
+    n = len(cols["cka"])
+    return {**cols, "split": [cfg.eval_split] * n, "eval_seed": [cfg.eval_seed] * n, "shots": [cfg.train_shots] * n}
+
+
+def trial_row(cfg: TrialConfig, setup: Setup | None, *, status: str, error: str, trial_id: str, experiment: str,
+              stage: str, attempt: int, spec_hash: str, started, meta_steps: int, wall: float, curves: list) -> dict:
+    """The trials row of one attempt, for every status. Hyper-parameters the learner does not read
+    are NULL (a learner without masks reads no temperature); `hparams` holds every one it reads."""
+    learner = setup.learner if setup is not None else None
+    reads = learner.reads() if learner is not None else ("alpha", "beta", "inner_steps", "meta_batch")
+    values = {**{k: getattr(cfg, k) for k in ("alpha", "beta", "temperature", "inner_steps", "meta_batch",
+                                              "mask_eval", "zeta_init")}, **cfg.extra_hparams}
+    hparams = {k: values[k] for k in reads if k in values}
+    final_val = curves[-1]["val_loss"] if curves else None
+    return {
         "experiment": experiment, "stage": stage, "trial_id": trial_id, "attempt": attempt,
-        "variant": cfg.variant, "variant_switches": json.dumps(setup.variant.as_dict(), sort_keys=True),
+        "variant": cfg.variant, "learner_kind": learner.kind if learner else None,
+        "inner_loop": learner.inner_loop if learner else None,
+        "variant_switches": json.dumps(learner.switches(), sort_keys=True) if learner else None,
         "task_family": cfg.task, "task_options": json.dumps(cfg.task_options, sort_keys=True),
-        "train_shots": cfg.train_shots, "seed": cfg.seed, "alpha": cfg.alpha, "beta": cfg.beta,
-        "temperature": cfg.temperature if setup.variant.masked else None,
-        "inner_steps": cfg.inner_steps, "meta_batch": cfg.meta_batch,
-        "mask_eval": cfg.mask_eval if setup.variant.masked else None,
-        "config": json.dumps(cfg.to_dict(), sort_keys=True), "status": status, "error": error,
-        "meta_steps": state.step, "wall_seconds": state.extra.get("wall_seconds", time.perf_counter() - t0),
+        "train_shots": cfg.train_shots, "seed": cfg.seed,
+        **{k: hparams.get(k) for k in ("alpha", "beta", "temperature", "inner_steps", "meta_batch", "mask_eval")},
+        "hparams": json.dumps(hparams, sort_keys=True), "hp_source": cfg.hp_source,
+        "hp_source_trial": cfg.hp_source_trial,
+        "config": json.dumps(cfg.to_dict(), sort_keys=True, default=str), "status": status, "error": error,
+        "meta_steps": meta_steps, "wall_seconds": wall,
         "final_val_loss": final_val if final_val is not None and math.isfinite(final_val) else None,
-        "node": socket.gethostname(), "device": setup.device, "package_version": package_version(),
-        "git_sha": git_sha(), "spec_hash": spec_hash, "started_at": started, "ended_at": now(),
+        "node": socket.gethostname(), "device": setup.device if setup else None,
+        "package_version": package_version(), "git_sha": git_sha(), "spec_hash": spec_hash,
+        "started_at": started, "ended_at": now(),
     }
-    return TrialResult(status, trial_row, curve_columns(state.curves), eval_cols, summary, cka_cols)

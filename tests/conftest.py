@@ -13,3 +13,11 @@ def float64():
     torch.set_default_dtype(torch.float64)
     yield torch.float64
     torch.set_default_dtype(old)
+
+
+@pytest.fixture(scope="session")
+def omniglot_root(tmp_path_factory):
+    """The two minimal Omniglot background sets, unzipped once per session (skips where absent)."""
+    from omniglotdata import unzip_omniglot
+
+    return unzip_omniglot(tmp_path_factory.mktemp("omniglot"))

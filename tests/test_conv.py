@@ -6,10 +6,10 @@ from dataclasses import dataclass
 import pytest
 import torch
 import torch.nn.functional as F
+from coreutil import learner_params
 
 from metasweep.core import PRESETS, HParams, get_variant
-from metasweep.core.adapt import adapt
-from metasweep.core.cells import adapted_names, meta_only_names
+from metasweep.core.adapt import adapt, adapted_names, meta_only_names
 from metasweep.core.conv import BN_EPS, ConvNet, batch_norm
 from metasweep.core.losses import cross_entropy
 from metasweep.core.meta import meta_gradient, meta_loss, reptile_direction, sample_noise
@@ -84,10 +84,10 @@ def test_shapes_presets_and_masks():
     assert net.spatial() == 2 and net.feature_dim() == 64
     assert ConvNet.miniimagenet(5).spatial() == 5 and ConvNet.miniimagenet(5).feature_dim() == 800
     g = torch.Generator().manual_seed(0)
-    p = net.init(get_variant("mt-net"), HParams(), g)
+    p = learner_params(net, get_variant("mt-net"), g)
     assert p["c0.W"].shape == (64, 1, 3, 3) and p["c0.T"].shape == (64, 64) and p["c0.zeta"].shape == (64,)
     assert p["c4.W"].shape == (5, 64) and p["c4.zeta"].shape == (5,)
-    full = net.init(get_variant("mt-net-full"), HParams(), g)
+    full = learner_params(net, get_variant("mt-net-full"), g)
     assert full["c1.zeta_W"].shape == full["c1.W"].shape == (64, 64, 3, 3)
     assert net.forward(p, torch.rand(7, 1, 28, 28)).shape == (7, 5)
     assert net.forward(p, torch.rand(2, 7, 1, 28, 28)).shape == (2, 7, 5)
@@ -214,7 +214,7 @@ def test_synthetic_images_have_the_real_shapes_labels_and_fixed_eval_tasks():
     assert b.y_query[0].tolist() == [0, 1, 2, 3, 4] * 3
     means = [float(b.x_query[:, b.y_query[0] == c].mean()) for c in range(5)]
     assert means == sorted(means) and means[4] - means[0] > 0.6  # 0.2 brighter per class
-    assert ConvNet.omniglot(5).forward(ConvNet.omniglot(5).init(get_variant("maml"), HParams(), torch.Generator()),
+    assert ConvNet.omniglot(5).forward(ConvNet.omniglot(5).init(torch.Generator()),
                                        b.x_query).shape == (2, 15, 5)
     assert mini.sample(torch.Generator(), 1, 1, 1).x_support.shape == (1, 5, 3, 84, 84)
     a, c = fam.eval_tasks("test", 1, range(3), 1, 2), fam.eval_tasks("test", 1, range(3), 1, 2)

@@ -3,11 +3,12 @@
 
 import pytest
 import torch
+from coreutil import learner_params
 from torch.func import grad
 
 from metasweep.core import PRESETS, HParams, VariantError, get_variant
-from metasweep.core.adapt import adapt, gumbel_mask, logistic_noise, mask_noise
-from metasweep.core.cells import DenseNet, adapted_names, meta_only_names
+from metasweep.core.adapt import adapt, adapted_names, gumbel_mask, logistic_noise, mask_noise, meta_only_names
+from metasweep.core.cells import DenseNet
 from metasweep.core.losses import mse
 from metasweep.core.meta import meta_gradient, meta_loss, reptile_direction, sample_noise
 from metasweep.core.setup import Setup
@@ -80,7 +81,7 @@ def test_eq16_holds_for_the_cells_inner_step(float64):
     model = DenseNet((3, 4), init_std=0.5)
     variant = get_variant("t-net")
     g = torch.Generator().manual_seed(0)
-    params = randomize(model.init(variant, HParams(), g, dtype=D), g)
+    params = randomize(learner_params(model, variant, g, dtype=D), g)
     xs, ys = torch.randn(6, 3, generator=g), torch.randn(6, 4, generator=g)
     x = torch.randn(1, 3, generator=g)
     alpha = 0.05
@@ -105,7 +106,7 @@ def test_proposition1_update_lies_in_chosen_subspace(float64, d):
     variant = get_variant("mt-net")
     U = torch.linalg.qr(torch.randn(n_out, d, generator=g))[0]  # orthonormal basis of U
     T = torch.cat([U, torch.randn(n_out, n_out - d, generator=g)], dim=1)
-    params = model.init(variant, HParams(), g, dtype=D)
+    params = learner_params(model, variant, g, dtype=D)
     params.update({"c0.T": T, "c0.W": torch.randn(n_out, n_in, generator=g),
                    "c0.zeta": torch.tensor([1e4] * d + [-1e4] * (n_out - d))})
     noise = mask_noise(params, model, variant, g, 1, 3)

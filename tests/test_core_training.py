@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from metasweep.analysis.summary import summarize
 from metasweep.core import HParams, get_variant
-from metasweep.core.evaluate import evaluate, summarize
+from metasweep.core.evaluate import evaluate
 from metasweep.core.setup import Setup
 from metasweep.core.state import init_state, load_state, state_from_bytes
 from metasweep.core.tasks import Polynomial, Sine, task_seed
@@ -97,12 +98,17 @@ def test_resume_from_checkpoint_is_bit_identical(tmp_path, name):
     part = init_state(s, 3)
     saved = {}
 
+    class Lost(Exception):
+        pass
+
     def checkpoint_then_die(state, row):  # what the Ray trainable does at each report
         state.save(tmp_path / "ckpt.pt")
         saved["step"] = state.step
-        return state.step >= 20  # the trial is lost after its step-20 checkpoint
+        if state.step >= 20:
+            raise Lost  # the trial is lost (its node died) after its step-20 checkpoint
 
-    train(s, part, 30, report_every=10, val_tasks=10, on_report=checkpoint_then_die)
+    with pytest.raises(Lost):
+        train(s, part, 30, report_every=10, val_tasks=10, on_report=checkpoint_then_die)
     resumed = load_state(s, tmp_path / "ckpt.pt")
     assert resumed.step == saved["step"] == 20
     train(s, resumed, 30, report_every=10, val_tasks=10)

@@ -7,8 +7,8 @@ from dataclasses import replace
 
 import pytest
 import torch
+from omniglotdata import unzip_omniglot
 from test_conv import problem as conv_problem
-from test_images import unzip_omniglot
 
 from metasweep.core import HParams, get_variant
 from metasweep.core.meta import meta_gradient, sample_noise

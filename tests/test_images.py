@@ -3,51 +3,17 @@
 Omniglot tests use the two minimal background sets in shared/data/omniglot beside the checkout (checked against
 its SHA256SUMS, unzipped into a temporary folder); MiniImagenet tests build a tiny tree of JPEGs."""
 
-import hashlib
 import os
 import shutil
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from omniglotdata import SPLITS
 
 from metasweep.core.tasks import DataError, MiniImagenet, Omniglot
 from metasweep.core.tasks.images import omniglot_classes
-
-
-def _shared_omniglot() -> Path:
-    """The minimal sets live in shared/ beside the checkout (CI: a fresh clone with shared/ beside it)."""
-    root = Path(__file__).resolve().parents[1]
-    for candidate in (os.environ.get("METASWEEP_SHARED_DATA", ""), root.parent / "shared" / "data",
-                      root / "shared" / "data", Path("/work/shared/data")):
-        if candidate and (Path(candidate) / "omniglot" / "SHA256SUMS").is_file():
-            return Path(candidate) / "omniglot"
-    return root.parent / "shared" / "data" / "omniglot"
-
-
-SHARED = _shared_omniglot()
-ZIPS = ("images_background_small1.zip", "images_background_small2.zip")
-N_CHARACTERS = 292  # 136 + 156 characters in the two minimal sets
-SPLITS = (200, 40, 52)
-
-
-def unzip_omniglot(dest: Path) -> Path:
-    if not all((SHARED / z).is_file() for z in ZIPS):
-        pytest.skip(reason="minimal Omniglot sets not available")
-    sums = dict(line.split()[::-1] for line in (SHARED / "SHA256SUMS").read_text().splitlines() if line.strip())
-    for z in ZIPS:
-        digest = hashlib.sha256((SHARED / z).read_bytes()).hexdigest()
-        assert digest == sums[z], f"{z}: checksum mismatch"
-        with zipfile.ZipFile(SHARED / z) as f:
-            f.extractall(dest)
-    return dest
-
-
-@pytest.fixture(scope="module")
-def omniglot_root(tmp_path_factory):
-    return unzip_omniglot(tmp_path_factory.mktemp("omniglot"))
 
 
 @pytest.fixture(scope="module")
@@ -224,7 +190,6 @@ def test_miniimagenet_clear_errors(tmp_path):
 
 
 def run_cli(*args):
-    import os
     import subprocess
     import sys
 

@@ -6,13 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from metasweep.analysis.cka import cka_before_after, linear_cka, summarize_cka, svcca
+from metasweep.analysis.cka import summarize_cka
 from metasweep.core import HParams, get_variant
-from metasweep.core.cells import adapted_names
+from metasweep.core.adapt import adapted_names
 from metasweep.core.conv import ConvNet
 from metasweep.core.evaluate import evaluate
-from metasweep.core.nil import FrozenCells, nil_scores
+from metasweep.core.learners import CosineReadout
+from metasweep.core.nil import frozen_block, nil_scores
 from metasweep.core.setup import Setup
+from metasweep.core.similarity import cka_before_after, linear_cka, svcca
 from metasweep.core.state import init_state
 from metasweep.core.tasks.base import Batch, FamilyBase
 
@@ -30,20 +32,29 @@ class Blobs(FamilyBase):
     def output_dim(self):
         return self.ways
 
+    def _part(self, g, quad, k):
+        n_tasks = quad.shape[0]
+        y = torch.arange(self.ways).repeat(k).expand(n_tasks, -1).contiguous()
+        x = 0.3 * torch.randn(n_tasks, k * self.ways, 1, 8, 8, generator=g)
+        q = quad.gather(1, y)
+        for t in range(n_tasks):
+            for i in range(k * self.ways):
+                r, c = divmod(int(q[t, i]), 2)
+                x[t, i, 0, 4 * r:4 * r + 4, 4 * c:4 * c + 4] += 1.0
+        return x, y
+
+    def _quadrants(self, g, n_tasks):
+        return torch.rand(n_tasks, 4, generator=g).argsort(1)[:, : self.ways]  # [tasks, ways]
+
     def sample(self, g, n_tasks, shots, queries):
-        quad = torch.rand(n_tasks, 4, generator=g).argsort(1)[:, : self.ways]  # [tasks, ways]
+        quad = self._quadrants(g, n_tasks)
+        support = self._part(g, quad, shots)
+        return Batch(*support, *self._part(g, quad, queries))
 
-        def part(k):
-            y = torch.arange(self.ways).repeat(k).expand(n_tasks, -1).contiguous()
-            x = 0.3 * torch.randn(n_tasks, k * self.ways, 1, 8, 8, generator=g)
-            q = quad.gather(1, y)
-            for t in range(n_tasks):
-                for i in range(k * self.ways):
-                    r, c = divmod(int(q[t, i]), 2)
-                    x[t, i, 0, 4 * r:4 * r + 4, 4 * c:4 * c + 4] += 1.0
-            return x, y
-
-        return Batch(*part(shots), *part(queries))
+    def eval_task(self, g, max_shots, queries, split="test"):
+        quad = self._quadrants(g, 1)
+        query = self._part(g, quad, queries)
+        return Batch(*self._part(g, quad, max_shots), *query)
 
 
 NET = ConvNet(1, 8, 4, 2, 2, "stride", "mean")
@@ -69,7 +80,7 @@ def test_nil_is_perfect_on_separable_features():
 def test_nil_evaluation_mode_of_a_trained_model():
     setup = setup_for("anil")
     params = init_state(setup, 0).params
-    nil = evaluate(setup, params, n_tasks=6, shots=(2,), steps=(0, 1), head="nil")
+    nil = evaluate(setup, params, n_tasks=6, shots=(2,), steps=(0, 1), learner=CosineReadout(setup.learner))
     assert np.isfinite(nil["loss"]).all() and ((0 <= nil["accuracy"]) & (nil["accuracy"] <= 1)).all()
     # ANIL never moves the body: NIL accuracy is the same before and after the inner loop
     np.testing.assert_allclose(nil["accuracy"][nil["inner_steps"] == 0], nil["accuracy"][nil["inner_steps"] == 1])
@@ -82,18 +93,22 @@ def test_nil_evaluation_mode_of_a_trained_model():
 def test_freezing_a_block_of_layers():
     maml, anil = setup_for("maml"), setup_for("anil")
     params = init_state(maml, 0).params
-    assert adapted_names(FrozenCells.block(NET, 0, 2), maml.variant) == ["c2.W", "c2.b"]
-    assert adapted_names(FrozenCells.block(NET, 1, 2), maml.variant) == ["c0.W", "c0.b", "c2.W", "c2.b"]
+    assert adapted_names(NET, maml.variant, frozen_block(NET, 0, 2)) == ["c2.W", "c2.b"]
+    assert adapted_names(NET, maml.variant, frozen_block(NET, 1, 2)) == ["c0.W", "c0.b", "c2.W", "c2.b"]
+
+    def frozen(setup, lo, hi):
+        return setup.learner.with_frozen(frozen_block(setup.model, lo, hi))
+
     # MAML with the whole body frozen is ANIL's evaluation
-    frozen = evaluate(maml, params, n_tasks=5, shots=(2,), steps=(1, 3), frozen=(0, 2))
+    frozen_eval = evaluate(maml, params, n_tasks=5, shots=(2,), steps=(1, 3), learner=frozen(maml, 0, 2))
     head_only = evaluate(anil, params, n_tasks=5, shots=(2,), steps=(1, 3))
-    np.testing.assert_allclose(frozen["loss"], head_only["loss"], rtol=1e-6)
+    np.testing.assert_allclose(frozen_eval["loss"], head_only["loss"], rtol=1e-6)
     full = evaluate(maml, params, n_tasks=5, shots=(2,), steps=(1, 3))
-    assert not np.allclose(full["loss"], frozen["loss"])
+    assert not np.allclose(full["loss"], frozen_eval["loss"])
     with pytest.raises(ValueError, match="nothing to adapt"):
-        evaluate(anil, params, n_tasks=2, shots=(2,), steps=(1,), frozen=(2, 3))
+        evaluate(anil, params, n_tasks=2, shots=(2,), steps=(1,), learner=frozen(anil, 2, 3))
     with pytest.raises(ValueError, match="must lie within"):
-        evaluate(maml, params, n_tasks=2, shots=(2,), steps=(1,), frozen=(1, 4))
+        evaluate(maml, params, n_tasks=2, shots=(2,), steps=(1,), learner=frozen(maml, 1, 4))
 
 
 def test_linear_cka_identity_orthogonal_and_scaling_invariance(float64):

@@ -33,7 +33,7 @@ MALFORMED = [
     (OK + "budget: {meta_steps: ten}\n", "field budget.meta_steps: Input should be a valid integer"),
     (OK + "eval: {shots: [0, 5]}\n", "field eval.shots: must be a non-empty list of integers >= 1"),
     (OK + "eval: {mask_eval: argmax}\n", "field eval.mask_eval: Input should be 'sample' or 'threshold'"),
-    (OK + "task: {family: omniglot2}\n", "field task.family: Input should be 'sine' or 'polynomial'"),
+    (OK + "task: {family: omniglot2}\n", "field task.family: unknown task family 'omniglot2'; available: sine, polynomial"),
     (OK + "task: {family: sine, options: {frequencyy: 1}}\n", "field task.options: unknown option 'frequencyy'"),
     (OK + "scheduler: {type: hyperband}\n", "field scheduler.type: Input should be 'none' or 'asha'"),
     (OK + "resources: {cpu: 0}\n", "field resources.cpu: Input should be greater than 0"),

@@ -59,6 +59,8 @@ class TaskFamily(Protocol):
 
     def eval_tasks(self, split: str, eval_seed: int, indices, max_shots: int, queries: int) -> Batch: ...
 
+    def check_episode(self, split: str, shots: int, queries: int) -> None: ...
+
 
 @dataclass(frozen=True)
 class FamilyBase:
@@ -68,10 +70,23 @@ class FamilyBase:
         return f"{self.name}:{sorted(asdict(self).items())}"
 
     def eval_tasks(self, split: str, eval_seed: int, indices, max_shots: int, queries: int) -> Batch:
-        """Task i is drawn from its own generator: adding tasks or shots never changes task i, and
-        the first k support points of a 20-shot task are the k-shot task."""
+        """Task i is drawn from its own generator: adding tasks or shots never changes task i. The
+        task's parameters and its query set are drawn first, then its support points one stream on,
+        so the query set does not depend on `max_shots` and the first k support points of a 20-shot
+        task are the k-shot task."""
         parts = []
         for i in indices:
             g = torch.Generator().manual_seed(task_seed(self.key(), split, eval_seed, i))
-            parts.append(self.sample(g, 1, max_shots, queries))
+            parts.append(self.eval_task(g, max_shots, queries, split))
         return Batch(*(torch.cat(ts) for ts in zip(*parts)))
+
+    def check_episode(self, split: str, shots: int, queries: int) -> None:
+        """Raise (naming the sizes and what to change) if tasks of `shots` support and `queries` query
+        points (per class) cannot be drawn from `split`; generated families can draw any size."""
+        return None
+
+    def eval_task(self, g: torch.Generator, max_shots: int, queries: int, split: str = "test") -> Batch:
+        """One evaluation task [1, ...]: a family draws its parameters, then the query set, then the
+        support set (so that nothing but the support depends on max_shots)."""
+        raise NotImplementedError(f"task family {self.name} must implement eval_task(g, max_shots, queries): its "
+                                  "parameters, then the query set, then the support set (docs/EXTENDING.md)")

@@ -237,15 +237,15 @@ class ImageFamily(FamilyBase):
             self.split_data(s)
 
     def _episodes(self, g: torch.Generator, data: ImageArray, split: str, n_tasks: int, shots: int,
-                  queries: int) -> Batch:
+                  queries: int, query_first: bool = False) -> Batch:
+        """n_tasks episodes: `ways` distinct classes, per class a random order of its images of which
+        the support takes the first `shots` and the query the next `queries` (`query_first`: the query
+        the first `queries` and the support the next `shots`, so that the query set of an evaluation
+        task does not depend on its shot count and its support sets nest)."""
         n_classes = len(data.class_names)
         per = shots + queries
-        if n_classes < self.ways:
-            raise DataError(f"{self.name} {split} split has {n_classes} classes, fewer than ways={self.ways}")
+        self.check_episode(split, shots, queries)
         counts = torch.as_tensor(data.counts)
-        if int(counts.min()) < per:
-            raise DataError(f"{self.name} {split} split: a class has {int(counts.min())} images, fewer than "
-                            f"shots + queries = {per}")
         cls = torch.rand(n_tasks, n_classes, generator=g).argsort(1)[:, : self.ways]  # [tasks, ways]
         keys = torch.rand(n_tasks, self.ways, int(counts.max()), generator=g)
         keys = keys.masked_fill(torch.arange(keys.shape[-1]) >= counts[cls].unsqueeze(-1), 2.0)
@@ -262,8 +262,10 @@ class ImageFamily(FamilyBase):
         # shot-major: [tasks, per, ways, ...] flattened, so the first k*ways support are the k-shot task
         x = x.transpose(1, 2)
         y = y.transpose(1, 2)
-        xs, xq = x[:, :shots].flatten(1, 2), x[:, shots:].flatten(1, 2)
-        ys, yq = y[:, :shots].flatten(1, 2), y[:, shots:].flatten(1, 2)
+        s_part, q_part = (slice(queries, None), slice(0, queries)) if query_first else \
+            (slice(0, shots), slice(shots, None))
+        xs, xq = x[:, s_part].flatten(1, 2), x[:, q_part].flatten(1, 2)
+        ys, yq = y[:, s_part].flatten(1, 2), y[:, q_part].flatten(1, 2)
         return Batch(xs.contiguous(), ys.contiguous(), xq.contiguous(), yq.contiguous())
 
     def _to_float(self, rows: np.ndarray, index: torch.Tensor) -> torch.Tensor:
@@ -280,16 +282,21 @@ class ImageFamily(FamilyBase):
         """Meta-training episodes: classes of the train split only."""
         return self._episodes(g, self.split_data("train"), "train", n_tasks, shots, queries)
 
-    def eval_tasks(self, split: str, eval_seed: int, indices, max_shots: int, queries: int) -> Batch:
-        """Task i of split val/test is a pure function of (options, split, eval_seed, i)."""
-        from .base import task_seed
+    def eval_task(self, g: torch.Generator, max_shots: int, queries: int, split: str = "test") -> Batch:
+        """Task i of split val/test: classes, then per class the query images, then the support."""
+        return self._episodes(g, self.split_data(split), split, 1, max_shots, queries, query_first=True)
 
+    def check_episode(self, split: str, shots: int, queries: int) -> None:
+        """DataError (naming the split, the sizes and the option to change) unless every episode of
+        `shots` + `queries` images per class of `ways` classes can be drawn from `split`."""
         data = self.split_data(split)
-        parts = []
-        for i in indices:
-            g = torch.Generator().manual_seed(task_seed(self.key(), split, eval_seed, i))
-            parts.append(self._episodes(g, data, split, 1, max_shots, queries))
-        return Batch(*(torch.cat(ts) for ts in zip(*parts)))
+        n_classes, fewest = len(data.class_names), int(data.counts.min())
+        if n_classes < self.ways:
+            raise DataError(f"{self.name} {split} split has {n_classes} classes, fewer than ways={self.ways} "
+                            "(lower ways, or give the split more classes)")
+        if fewest < shots + queries:
+            raise DataError(f"{self.name} {split} split: a class has {fewest} images, fewer than shots + queries "
+                            f"= {shots} + {queries} = {shots + queries} per class (lower the shots or the queries)")
 
 
 @dataclass(frozen=True)
@@ -300,6 +307,7 @@ class Omniglot(ImageFamily):
     split_seed: int = 0
     image_size: int = 28
     name = "omniglot"
+    model = "conv4-omniglot"
     rotate = True
 
     def __post_init__(self) -> None:
@@ -338,6 +346,7 @@ class MiniImagenet(ImageFamily):
 
     image_size: int = 84
     name = "miniimagenet"
+    model = "conv4-miniimagenet"
 
     def __post_init__(self) -> None:
         _check_ways(self)

@@ -27,13 +27,22 @@ class SyntheticImages(FamilyBase):
         return (self.channels, self.size, self.size)
 
     @property
+    def model(self) -> str:
+        return "conv4-omniglot" if self.channels == 1 else "conv4-miniimagenet"
+
+    @property
     def output_dim(self) -> int:
         return self.ways
 
-    def sample(self, generator: torch.Generator, n_tasks: int, shots: int, queries: int) -> Batch:
-        def part(k):
-            y = torch.arange(self.ways).repeat(k).expand(n_tasks, -1).contiguous()
-            x = torch.rand(n_tasks, k * self.ways, *self.input_shape, generator=generator)
-            return x + self.offset * y.view(n_tasks, -1, 1, 1, 1), y
+    def _part(self, generator: torch.Generator, n_tasks: int, k: int):
+        y = torch.arange(self.ways).repeat(k).expand(n_tasks, -1).contiguous()
+        x = torch.rand(n_tasks, k * self.ways, *self.input_shape, generator=generator)
+        return x + self.offset * y.view(n_tasks, -1, 1, 1, 1), y
 
-        return Batch(*part(shots), *part(queries))
+    def sample(self, generator: torch.Generator, n_tasks: int, shots: int, queries: int) -> Batch:
+        support = self._part(generator, n_tasks, shots)
+        return Batch(*support, *self._part(generator, n_tasks, queries))
+
+    def eval_task(self, generator: torch.Generator, max_shots: int, queries: int, split: str = "test") -> Batch:
+        query = self._part(generator, 1, queries)
+        return Batch(*self._part(generator, 1, max_shots), *query)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 
-from metasweep.core.evaluate import evaluate, summarize
+from metasweep.analysis.summary import summarize
+from metasweep.core.evaluate import evaluate
 from metasweep.core.state import load_state
-from metasweep.core.train import mask_fractions
 from metasweep.sweeps.trial import TrialConfig, build_setup
 
 torch.set_num_threads(1)
@@ -29,7 +29,8 @@ for trial_dir in sorted((exp / "ray" / "test").glob("metasweep_trainable_*")):
         cols = evaluate(setup, state.params, split="test", eval_seed=cfg.eval_seed, n_tasks=600, shots=(5, 10, 20),
                         steps=(1,), mask_eval=mode)
         out[mode] = {r["shots"]: round(r["mean"], 3) for r in summarize(cols)}
-    frac, per_cell = mask_fractions(setup, state.params)
+    diag = setup.learner.diagnostics(setup, state.params)
+    frac, per_cell = diag["mask_fraction"], diag["mask_fraction_per_cell"]
     out["mask_fraction"] = None if frac is None else [round(frac, 3), [round(p, 3) for p in per_cell]]
     if setup.variant.transform:
         out["T_norms"] = [round(float(torch.linalg.matrix_norm(state.params[f"c{i}.T"], 2)), 2) for i in range(3)]

@@ -1,0 +1,297 @@
+"""Bundles: many trials of one learner trained as one computation, each member still its own trial.
+
+On these nets a meta-step is dispatch-bound (a second-order meta-step of the 1-40-40-1 sine net over
+25 tasks is a few MFLOP), so one trial per process leaves most of the machine idle. A bundle trains
+B members with a leading member dimension: members share the learner, the task family and every
+shape (inner steps, meta-batch, shots, queries), and differ in their seed and in continuous
+hyper-parameters (alpha, beta, the temperature c, zeta_init, a learner's own floats). Each member
+keeps what it would have alone: its initial parameters, its data and noise streams (its own
+generator, drawn in the same order), its own optimiser (Adam state and step size beta), its own
+curve rows, checkpoint content and status. A member whose loss turns non-finite is `diverged` at that
+step and frozen out; the others go on.
+
+Three ways to compute a bundle step (`mode`):
+- "fold": the members folded into the task dimension of the batched engine: B members of T tasks are
+  B*T tasks, each with its member's parameters and hyper-parameters; one autograd call gives every
+  member's gradient of its own mean query loss. Fewest dispatches: the fastest on the CPU (for
+  learners with `fold = True`: the gradient-based family); a member equals the same configuration
+  trained alone with engine="batched" to float rounding;
+- "vmap": the members' meta-gradients in one `torch.func.vmap` over the member dimension of the
+  single-trial "vmap" engine (per-member hyper-parameters enter as 0-dim tensors); a member's
+  numbers equal the same configuration trained alone with engine="vmap" to float rounding (vmap over
+  one more dimension may pick other kernels; tests/test_bundles.py gives the tolerances);
+- "loop": each member's own single-trial step in turn (its own engine): bit-identical to training it
+  alone, for any learner; no speed-up of the arithmetic, only of everything around it.
+
+Hyper-parameters a learner uses only as numbers in torch arithmetic can vary across members in
+"vmap" mode; integers and choices (inner steps, meta-batch, mask evaluation) cannot (they change
+shapes or code paths): `check_bundle` says which.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch.func import grad, vmap
+
+from .hparams import HParams, hparam_def
+from .meta import meta_loss, outer_step, reptile_direction
+from .setup import Setup
+from .state import TrainState
+from .tasks import Batch
+from .train import curve_row, params_finite, validation_loss
+
+MODES = ("fold", "vmap", "loop")
+
+
+@dataclass
+class Member:
+    """One trial inside a bundle: its setup (its own hyper-parameters), its training state and its
+    status ("running", then "completed" | "diverged" | "stopped_early")."""
+
+    setup: Setup
+    state: TrainState
+    status: str = "running"
+    window: list | None = None  # meta-train losses since the last report
+
+
+class TensorHParams:
+    """HParams whose float hyper-parameters are 0-dim tensors (a member's slice under vmap); every
+    other attribute is the shared HParams'."""
+
+    def __init__(self, base: HParams, values: dict[str, torch.Tensor]):
+        self._base, self._values = base, values
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        values = self._values
+        return values[name] if name in values else getattr(self._base, name)
+
+    def get(self, name: str):
+        return self._values[name] if name in self._values else self._base.get(name)
+
+
+def with_hp(setup: Setup, hp) -> Setup:
+    """A copy of `setup` with other hyper-parameters (no re-validation: the copy is for computing)."""
+    out = copy.copy(setup)
+    object.__setattr__(out, "hp", hp)
+    return out
+
+
+def varying(setups: list[Setup]) -> tuple[str, ...]:
+    """The hyper-parameters (read by the learner) whose values differ across members."""
+    reads = setups[0].learner.reads()
+    return tuple(n for n in reads if len({s.hp.get(n) for s in setups}) > 1)
+
+
+def auto_mode(setup: Setup) -> str:
+    """The mode measured fastest (bench/bench_bundle.py, one CPU thread, 8 members of 10-shot sine MAML):
+    "fold" at small meta-batches (4 tasks: fold 2900, vmap 1850 member-steps/s; 10: 1860 vs 1520), "vmap"
+    at large ones (25: fold 930, vmap 1110), where fold's per-task weight copies cost more than its
+    saved dispatches. "vmap" for learners that cannot fold."""
+    if getattr(setup.learner, "fold", False) and setup.hp.meta_batch <= 12:
+        return "fold"
+    return "vmap"
+
+
+def check_bundle(setups: list[Setup], mode: str = "vmap") -> None:
+    """ValueError unless the members can be one bundle: one learner, family, model, shapes, device;
+    in "fold" and "vmap" modes only float hyper-parameters may differ (integers and choices change
+    shapes); "fold" needs a learner whose batched computation takes per-task parameters."""
+    if mode not in MODES:
+        raise ValueError(f"bundle mode must be one of {', '.join(MODES)} (got {mode!r})")
+    if not setups:
+        raise ValueError("a bundle needs at least one member")
+    first = setups[0]
+    if mode == "fold" and not getattr(first.learner, "fold", False):
+        raise ValueError(f"learner {first.learner.name!r} cannot be folded into the task dimension: use mode vmap "
+                         "or loop")
+    for s in setups[1:]:
+        for what in ("family", "learner", "model", "train_shots", "queries", "device", "dtype", "engine"):
+            if getattr(s, what) != getattr(first, what):
+                raise ValueError(f"bundle members must share the {what} (got {getattr(first, what)!r} and "
+                                 f"{getattr(s, what)!r})")
+    for name in varying(setups):
+        if mode != "loop" and hparam_def(name).kind != "float":
+            raise ValueError(f"bundle members differ in {name}, which changes shapes or code paths: bundle only "
+                             "members with equal integer and choice hyper-parameters")
+
+
+def _stack(trees: list[dict]) -> dict:
+    return {k: torch.stack([t[k] for t in trees]) for k in trees[0]}
+
+
+def _member_values(members: list[Member], names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    s = members[0].setup
+    return {n: torch.tensor([float(m.setup.hp.get(n)) for m in members], dtype=s.dtype, device=s.device)
+            for n in names}
+
+
+def _draw(members: list[Member]) -> tuple[list[Batch], list[dict]]:
+    """Each member's next meta-batch and noise, from its own generator, drawn as when it trains alone."""
+    setup = members[0].setup
+    hp = setup.hp
+    batches, noises = [], []
+    for m in members:
+        st = m.state
+        batches.append(m.setup.learner.train_batch(m.setup, st.generator).to(setup.device, setup.dtype))
+        noises.append(m.setup.learner.noise(m.setup, st.params, st.generator, hp.meta_batch, hp.inner_steps))
+    return batches, noises
+
+
+def fold_gradients(members: list[Member], floats: tuple[str, ...]):
+    """(per-member gradients {name: [B, ...]}, per-member losses [B]): B members x T tasks as B*T tasks
+    of the batched engine, each task with its member's parameters (expanded, differentiable) and float
+    hyper-parameters; d/d(member b) of sum_b mean_t loss_bt is member b's own meta-gradient."""
+    setup = members[0].setup
+    hp, learner, n = setup.hp, setup.learner, len(members)
+    batches, noises = _draw(members)
+    batch = Batch(*(torch.cat(t) for t in zip(*batches)))
+    noise = {k: torch.cat([nz[k] for nz in noises]) for k in noises[0]} if noises[0] else {}
+    tasks = batch.x_support.shape[0] // n
+    values = {k: v.repeat_interleave(tasks) for k, v in _member_values(members, floats).items()}
+    s = with_hp(setup, TensorHParams(hp, values))
+    with setup.math_mode():
+        leaves = {k: v.detach().requires_grad_(learner.outer != "reptile")
+                  for k, v in _stack([m.state.params for m in members]).items()}
+        per_task = {k: v.unsqueeze(1).expand(n, tasks, *v.shape[1:]).reshape(n * tasks, *v.shape[1:])
+                    for k, v in leaves.items()}
+        if learner.outer == "reptile":
+            return _fold_reptile(s, leaves, per_task, batch, noise, n, tasks)
+        losses = learner.query_loss(s, per_task, batch, noise, batched=True, task_params=True).view(n, tasks).mean(1)
+        grads = torch.autograd.grad(losses.sum(), list(leaves.values()), allow_unused=True)
+    return ({k: g if g is not None else torch.zeros_like(leaves[k]) for k, g in zip(leaves, grads)},
+            losses.detach())
+
+
+def _fold_reptile(s: Setup, leaves: dict, per_task: dict, batch: Batch, noise: dict, n: int, tasks: int):
+    """Reptile's direction theta - mean_tasks(theta~) per member, from the folded inner loops."""
+    from .losses import PER_TASK
+
+    learner = s.learner
+    names = learner.adapted_names(s.model)
+    with torch.no_grad():
+        fast = learner.trajectory(s, per_task, batch.x_support, batch.y_support, noise, steps=s.hp.inner_steps,
+                                  every_step=False, batched=True, task_params=True)[-1]
+        losses = PER_TASK[s.family.loss](s.model.forward(fast, batch.x_query), batch.y_query).view(n, tasks).mean(1)
+    direction = {k: torch.zeros_like(v) for k, v in leaves.items()}
+    for name in names:
+        direction[name] = leaves[name] - fast[name].detach().view(n, tasks, *leaves[name].shape[1:]).mean(1)
+    return direction, losses
+
+
+def vmap_gradients(members: list[Member], floats: tuple[str, ...]):
+    """(per-member gradients {name: [B, ...]}, per-member losses [B]) of the members' own next meta-batch,
+    in one vmap over the member dimension."""
+    setup = members[0].setup
+    hp = setup.hp
+    batches, noises = _draw(members)
+    batch = Batch(*(torch.stack(t) for t in zip(*batches)))
+    noise = _stack(noises) if noises[0] else {}
+    params = _stack([{k: v.detach() for k, v in m.state.params.items()} for m in members])
+    reptile = setup.learner.outer == "reptile"
+    compute = with_hp(setup, hp)
+    object.__setattr__(compute, "engine", "vmap")
+
+    def one(p, b, nz, values):
+        s = with_hp(compute, TensorHParams(hp, values))
+        if reptile:
+            return reptile_direction(p, b, nz, s)
+
+        def f(q):
+            loss = meta_loss(q, b, nz, s, "vmap")
+            return loss, loss.detach()
+
+        return grad(f, has_aux=True)(p)
+
+    with setup.math_mode():
+        return vmap(one)(params, batch, noise, _member_values(members, floats))
+
+
+def bundle_step(members: list[Member], mode: str, floats: tuple[str, ...]) -> list[torch.Tensor]:
+    """One meta-iteration of every running member; returns their meta-losses (0-dim tensors)."""
+    if mode == "loop":
+        return [outer_step(m.setup, m.state) for m in members]
+    grads, losses = (fold_gradients if mode == "fold" else vmap_gradients)(members, floats)
+    for i, m in enumerate(members):
+        for name, p in m.state.params.items():
+            p.grad = grads[name][i]
+        m.state.optimizer.step()
+        m.state.step += 1
+    return list(losses.unbind(0))
+
+
+def train_bundle(members: list[Member], meta_steps: int, *, report_every: int = 100, val_tasks: int = 100,
+                 val_seed: int = 0, mode: str = "auto",
+                 on_report: Callable[[int, Member, dict], bool | None] | None = None) -> list[str]:
+    """Train every member to `meta_steps` (members resumed from checkpoints at another step catch up
+    first, alone, to the bundle's step). Returns each member's status: "completed", "diverged" (a
+    non-finite loss: frozen out at that step, its rows kept) or "stopped_early" (`on_report(i,
+    member, row)` returned True: a scheduler's rung inside the bundle). Curve rows accumulate in each
+    member's state, as in core.train. mode "auto": `auto_mode`."""
+    if mode == "auto":
+        mode = auto_mode(members[0].setup)
+    check_bundle([m.setup for m in members], mode)
+    floats = tuple(n for n in members[0].setup.learner.reads() if hparam_def(n).kind == "float")
+    wall0 = {id(m): time.perf_counter() - m.state.extra.get("wall_seconds", 0.0) for m in members}
+    for m in members:
+        m.window = []
+        if m.status == "running" and m.state.step >= meta_steps:
+            m.status = "completed"
+    _align(members, meta_steps, report_every, val_tasks, val_seed, mode, floats, wall0, on_report)
+    while True:
+        active = [m for m in members if m.status == "running"]
+        if not active:
+            break
+        losses = bundle_step(active, mode, floats)
+        for m, loss in zip(active, losses):
+            _after_step(m, float(loss), meta_steps, report_every, val_tasks, val_seed, wall0[id(m)],
+                        members.index(m), on_report)
+    return [m.status for m in members]
+
+
+def _align(members, meta_steps, report_every, val_tasks, val_seed, mode, floats, wall0, on_report) -> None:
+    """Members restored at different steps (a bundle resumed from checkpoints written at different
+    reports) step alone until they meet the furthest one, so the bundle then moves in lockstep."""
+    while True:
+        running = [m for m in members if m.status == "running"]
+        if not running:
+            return
+        top = max(m.state.step for m in running)
+        behind = [m for m in running if m.state.step < top]
+        if not behind:
+            return
+        low = min(m.state.step for m in behind)
+        group = [m for m in behind if m.state.step == low]
+        for m, loss in zip(group, bundle_step(group, mode, floats)):
+            _after_step(m, float(loss), meta_steps, report_every, val_tasks, val_seed, wall0[id(m)],
+                        members.index(m), on_report)
+
+
+def _after_step(m: Member, loss: float, meta_steps: int, report_every: int, val_tasks: int, val_seed: int,
+                wall0: float, index: int, on_report) -> None:
+    """The single-trial loop's bookkeeping (core.train.train) for one member after one step."""
+    st, setup = m.state, m.setup
+    m.window.append(loss)
+    if not math.isfinite(loss) or (st.step % report_every == 0 or st.step == meta_steps) and \
+            not params_finite(st.params):
+        st.curves.append(curve_row(setup, st, st.step, m.window, wall0))
+        m.status = "diverged"
+        return
+    if st.step % report_every == 0 or st.step == meta_steps:
+        val_loss, val_acc = validation_loss(setup, st.params, val_tasks, val_seed)
+        row = curve_row(setup, st, st.step, m.window, wall0, val_loss, val_acc)
+        m.window = []
+        st.curves.append(row)
+        if not math.isfinite(val_loss):
+            m.status = "diverged"
+        elif on_report is not None and on_report(index, m, row):
+            m.status = "stopped_early"
+        elif st.step >= meta_steps:
+            m.status = "completed"

@@ -1,0 +1,34 @@
+"""Learner families behind one protocol (core.learners.base.Learner), registered by name.
+
+Built in: the gradient-based family (every row of the variant table in core.variants: MAML,
+FOMAML, Reptile, Meta-SGD, ANIL, T-net, M-net, M-net-full, MT-net, MT-net-full), with the NIL
+cosine readout as its `eval_head: nil` switch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+from ..registry import register_learner_kind, register_preset
+from ..variants import PRESETS as VARIANT_TABLE
+from ..variants import Variant
+from .base import Learner, LearnerBase
+from .gradient import GradientLearner
+from .readout import CosineReadout
+
+
+def make_gradient_learner(name: str, **switches):
+    """A gradient-based learner from variant switches (core.variants.Variant; VariantError on a
+    combination that makes no sense); `eval_head: nil` reads it out with NIL's cosine readout."""
+    variant = Variant(name, **switches)
+    learner = GradientLearner(variant)
+    return CosineReadout(learner) if variant.eval_head == "nil" else learner
+
+
+register_learner_kind("gradient", make_gradient_learner,
+                      switches=tuple(f.name for f in fields(Variant) if f.name != "name"),
+                      doc="gradient-based meta-learners as rows of a table of switches (core.variants)")
+for _v in VARIANT_TABLE.values():
+    register_preset(_v.name, "gradient", **{k: x for k, x in _v.as_dict().items() if k != "name"})
+
+__all__ = ["Learner", "LearnerBase", "GradientLearner", "CosineReadout", "make_gradient_learner"]
