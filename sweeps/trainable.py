@@ -18,9 +18,9 @@ import tempfile
 import torch
 from ray import tune
 
-from metasweep.analysis.store import trial_row, write_trial
+from metasweep.analysis.store import write_trial
 
-from .trial import TrialConfig, TrialResult, build_setup, curve_columns, resolve_device, run_trial
+from .trial import TrialConfig, TrialResult, build_setup, curve_columns, resolve_device, run_trial, trial_row
 from .trial import now as utc_now
 
 STATE_FILE = "state.pt"
@@ -47,39 +47,20 @@ def node_name() -> str:
     return f"{socket.gethostname()}/{ray.get_runtime_context().get_node_id()[:12]}"
 
 
-def learner_facts(cfg: TrialConfig) -> tuple[str, bool, dict, dict | None]:
-    """(learner_kind, inner_loop, {name: value} of the hyper-parameters the learner reads, its
-    switches) of a trial, from the registry's learner. A learner the registry refuses (the trial
-    errors on it) is recorded as a gradient learner given alpha, beta, inner steps and meta-batch."""
-    from metasweep.core.registry import load_plugins, make_learner
-
-    try:
-        load_plugins(cfg.plugins)
-        learner = make_learner(cfg.variant, **cfg.variant_overrides)
-    except (ValueError, ImportError):
-        return "gradient", True, {k: cfg.hparam(k) for k in ("alpha", "beta", "inner_steps", "meta_batch")}, None
-    return learner.kind, learner.inner_loop, {k: cfg.hparam(k) for k in learner.reads()}, learner.switches()
-
-
-def row_of(cfg: TrialConfig, meta: dict, trial_id: str, attempt: int, started, *, status: str,
-           device: str | None = None, **measured) -> dict:
+def row_of(cfg: TrialConfig, meta: dict, trial_id: str, attempt: int, started, *, status: str, **measured) -> dict:
     """The trials row of this trial with `status` and what it measured (meta_steps, wall_seconds,
-    final_val_loss, error, ended_at): the running rows and the final row differ only in those."""
-    kind, inner_loop, hparams, switches = learner_facts(cfg)
-    return trial_row(
-        experiment=meta["experiment"], stage=meta["stage"], trial_id=trial_id, attempt=attempt,
-        variant=meta["variant"], status=status, task_family=cfg.task, task_options=cfg.task_options,
-        train_shots=cfg.train_shots, seed=cfg.seed, learner_kind=kind, inner_loop=inner_loop, hparams=hparams,
-        hp_source=cfg.hp_source, hp_source_trial=cfg.hp_source_trial,
-        variant_switches=switches, config=cfg.to_dict(), node=node_name(),
-        device=device or resolve_device(cfg.device), spec_hash=meta["spec_hash"], started_at=started, **measured)
+    final_val_loss, error, device, ended_at): the running rows and the final row differ only in those."""
+    return trial_row(cfg, experiment=meta["experiment"], stage=meta["stage"], trial_id=trial_id, attempt=attempt,
+                     spec_hash=meta["spec_hash"], started=started, status=status, variant=meta["variant"],
+                     node=node_name(), **measured)
 
 
 def running_row(cfg: TrialConfig, meta: dict, trial_id: str, attempt: int, started, st, report: dict) -> dict:
     """The row written at each report (status running; kept as stopped_early if the scheduler stops
     the trial there): `row_of` with the training state's step and time and the report's val loss."""
     return row_of(cfg, meta, trial_id, attempt, started, status="running", meta_steps=st.step,
-                  wall_seconds=st.extra.get("wall_seconds"), final_val_loss=report["val_loss"], ended_at=utc_now())
+                  wall_seconds=st.extra.get("wall_seconds"), final_val_loss=report["val_loss"], ended_at=utc_now(),
+                  device=resolve_device(cfg.device))
 
 
 def final_row(cfg: TrialConfig, meta: dict, trial_id: str, attempt: int, started, result: TrialResult) -> dict:
