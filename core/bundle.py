@@ -229,12 +229,14 @@ def bundle_step(members: list[Member], mode: str, floats: tuple[str, ...]) -> li
 
 def train_bundle(members: list[Member], meta_steps: int, *, report_every: int = 100, val_tasks: int = 100,
                  val_seed: int = 0, mode: str = "auto",
-                 on_report: Callable[[int, Member, dict], bool | None] | None = None) -> list[str]:
+                 on_report: Callable[[int, Member, dict], bool | None] | None = None,
+                 after_reports: Callable[[int], None] | None = None) -> list[str]:
     """Train every member to `meta_steps` (members resumed from checkpoints at another step catch up
     first, alone, to the bundle's step). Returns each member's status: "completed", "diverged" (a
     non-finite loss: frozen out at that step, its rows kept) or "stopped_early" (`on_report(i,
     member, row)` returned True: a scheduler's rung inside the bundle). Curve rows accumulate in each
-    member's state, as in core.train. mode "auto": `auto_mode`."""
+    member's state, as in core.train. `after_reports(step)` runs once the members that report at a
+    step have all reported (e.g. one checkpoint of the whole bundle). mode "auto": `auto_mode`."""
     if mode == "auto":
         mode = auto_mode(members[0].setup)
     check_bundle([m.setup for m in members], mode)
@@ -253,6 +255,9 @@ def train_bundle(members: list[Member], meta_steps: int, *, report_every: int = 
         for m, loss in zip(active, losses):
             _after_step(m, float(loss), meta_steps, report_every, val_tasks, val_seed, wall0[id(m)],
                         members.index(m), on_report)
+        step = active[0].state.step
+        if after_reports is not None and (step % report_every == 0 or step == meta_steps):
+            after_reports(step)
     return [m.status for m in members]
 
 

@@ -155,11 +155,26 @@ def test_a_bundle_killed_and_resumed_continues_every_member_exactly(tmp_path, mo
             raise Lost
 
     members = [Member(s, init_state(s, seed)) for s, seed in zip(setups, [0, 1])]
+    reported_steps = []
+
+    def after(step):  # every member has reported at this step: the whole bundle's checkpoint
+        assert {m.state.curves[-1]["meta_step"] for m in members} == {step}
+        reported_steps.append(step)
+
     with pytest.raises(Lost):
-        train_bundle(members, STEPS, report_every=REPORT, val_tasks=4, mode=mode, on_report=checkpoint_then_die)
+        train_bundle(members, STEPS, report_every=REPORT, val_tasks=4, mode=mode, on_report=checkpoint_then_die,
+                     after_reports=after)
+    assert reported_steps == []  # lost inside the step-6 reports, before the bundle's checkpoint
     resumed = [Member(s, state_from_bytes(s, saved[i])) for i, s in enumerate(setups)]
+    resumed_steps = []
+
+    def after_resumed(step):
+        resumed_steps.append(step)
+
     assert [m.state.step for m in resumed] == [REPORT, REPORT]
-    assert train_bundle(resumed, STEPS, report_every=REPORT, val_tasks=4, mode=mode) == ["completed", "completed"]
+    assert train_bundle(resumed, STEPS, report_every=REPORT, val_tasks=4, mode=mode,
+                        after_reports=after_resumed) == ["completed", "completed"]
+    assert resumed_steps == [2 * REPORT]
     for a, b in zip(full, resumed):
         assert_same(a.state, b.state, exact=True)
 
