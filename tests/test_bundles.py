@@ -4,6 +4,7 @@ seeds, step sizes, Adam states, statuses and exact resume."""
 
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -221,3 +222,36 @@ def test_other_learner_families_bundle_too(preset):
             _, st = alone(s, seed)
             before_bn = {k for k in st.params if k.endswith(".b") and f"{k[:-2]}.gamma" in st.params}  # see above
             assert_same(st, m.state, exact=exact, rtol=1e-4, atol=1e-5, skip=() if exact else before_bn)
+
+
+@pytest.mark.parametrize("name", ["maml", "mt-net", "mt-net-full", "meta-sgd", "anil"])
+def test_members_are_evaluated_in_one_pass_as_each_alone(name):
+    """evaluate_members folds the members (own parameters, own alpha and c) into the task dimension on
+    the shared evaluation tasks: each member's rows equal its own evaluate to float rounding."""
+    from metasweep.core.evaluate import evaluate, evaluate_members
+
+    setups = [sine(name, alpha=a, temperature=c) for a, c in ((0.01, 1.0), (0.3, 0.5), (0.05, 2.0))]
+    params = [init_state(s, seed).params for s, seed in zip(setups, (0, 1, 2))]
+    together = evaluate_members(setups, params, n_tasks=30, shots=(5, 10), steps=(0, 1, 3))
+    for s, p, rows in zip(setups, params, together):
+        alone_rows = evaluate(s, p, n_tasks=30, shots=(5, 10), steps=(0, 1, 3))
+        for col in ("task_index", "shots", "inner_steps"):
+            assert (rows[col] == alone_rows[col]).all()
+        np.testing.assert_allclose(rows["loss"], alone_rows["loss"], rtol=1e-5, atol=1e-6)
+
+
+def test_conv_and_nil_members_are_evaluated_in_one_pass():
+    from metasweep.core.evaluate import evaluate, evaluate_members
+    from metasweep.core.registry import make_learner
+
+    fam = SyntheticImages(ways=2, channels=1, size=8)
+    net = ConvNet(1, 8, 3, 2, 2, "stride", "mean")
+    for learner in (get_variant("mt-net"), make_learner("maml", eval_head="nil")):
+        setups = [Setup(fam, learner, HParams(alpha=a, meta_batch=2), net, train_shots=1, queries=2)
+                  for a in (0.4, 0.1)]
+        params = [init_state(s, seed).params for s, seed in zip(setups, (0, 1))]
+        together = evaluate_members(setups, params, n_tasks=8, shots=(1, 2), steps=(0, 2))
+        for s, p, rows in zip(setups, params, together):
+            alone_rows = evaluate(s, p, n_tasks=8, shots=(1, 2), steps=(0, 2))
+            np.testing.assert_allclose(rows["loss"], alone_rows["loss"], rtol=1e-4, atol=1e-5)
+            np.testing.assert_array_equal(rows["accuracy"], alone_rows["accuracy"])
