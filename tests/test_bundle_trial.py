@@ -2,6 +2,7 @@
 trials run alone - bit for bit in loop mode - with a member the core refuses recorded as errored."""
 
 import numpy as np
+import pyarrow.compute as pc
 import pytest
 
 from metasweep.sweeps.bundle_trial import bundle_groups, bundle_key, run_bundle
@@ -69,3 +70,46 @@ def test_configurations_are_grouped_into_bundles_by_what_they_share():
         bundle_groups(items, 0)
     with pytest.raises(ValueError, match="share everything but their seed"):
         run_bundle([cfg(), cfg(inner_steps=2)], trial_ids=["a", "b"])
+
+
+def test_bundles_run_as_ray_tune_trials_write_each_members_rows(tmp_path):
+    """Two bundles as two Tune trials on a real local Ray: every member's rows land under its own trial
+    id, equal to the trial run alone (loop mode: exactly)."""
+    import ray
+    from ray import tune
+
+    from metasweep.analysis.store import read_dataset
+    from metasweep.sweeps.bundle_trainable import metasweep_bundle_trainable
+
+    cfgs = [cfg(seed=s, alpha=a) for s in (0, 1) for a in (0.01, 0.05)]
+    groups = bundle_groups(list(enumerate(cfgs)), 2, key=lambda item: item[1])
+    uri = str(tmp_path / "exp")
+    meta = {"experiment": "exp", "stage": "grid", "results_uri": uri, "spec_hash": "h", "cpus": 1,
+            "bundle_mode": "loop"}
+    points = [{"meta": meta, "members": [{"trial": c.to_dict(), "trial_id": f"grid-{i}", "variant": c.variant}
+                                         for i, c in g]} for g in groups]
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        tuner = tune.Tuner(tune.with_resources(lambda c: metasweep_bundle_trainable(c["bundle"]), {"cpu": 1}),
+                           param_space={"bundle": tune.grid_search(points)},
+                           run_config=tune.RunConfig(storage_path=str(tmp_path / "ray"), verbose=0))
+        results = tuner.fit()
+        assert not results.errors
+    finally:
+        ray.shutdown()
+    ds = read_dataset(uri)
+    rows = {r["trial_id"]: r for r in ds["trials"].to_pylist()}
+    assert sorted(rows) == [f"grid-{i}" for i in range(4)]
+    for i, c in enumerate(cfgs):
+        alone = run_trial(c, trial_id=f"grid-{i}", stage="grid")
+        assert rows[f"grid-{i}"]["status"] == "completed"
+        assert rows[f"grid-{i}"]["final_val_loss"] == alone.trial_row["final_val_loss"]
+        ev = ds["eval_tasks"]
+        mine = ev.filter(pc.equal(ev["trial_id"], f"grid-{i}")).sort_by(
+            [("shots", "ascending"), ("inner_steps", "ascending"), ("task_index", "ascending")])
+        np.testing.assert_array_equal(np.asarray(mine["loss"]), _sorted_loss(alone.eval_tasks))
+
+
+def _sorted_loss(cols):
+    order = np.lexsort((cols["task_index"], cols["inner_steps"], cols["shots"]))
+    return np.asarray(cols["loss"])[order]
