@@ -18,7 +18,7 @@ import sys
 import duckdb
 import pyarrow as pa
 
-from .store import TABLES, StoreError, exists, latest_attempts, read_dataset, read_raw
+from .store import TABLES, read_dataset, read_latest, read_trials
 
 __all__ = ["MAX_PRINTED_ROWS", "connect", "query_table", "run_query"]
 
@@ -41,22 +41,15 @@ def connect(exp_uri: str, tables: tuple[str, ...] = TABLES) -> duckdb.DuckDBPyCo
         ds = read_dataset(exp_uri)
         for name in TABLES:
             con.register(name, ds[name])  # a view over the Arrow table (no copy)
-        for name in OPTIONAL:
-            _register_latest(con, exp_uri, name)
-        return con
-    if not exists(exp_uri):
-        raise StoreError(f"{exp_uri}: no results dataset here (expected folders trials/, curves/, eval_tasks/)")
-    con.register("trials", latest_attempts(read_raw(exp_uri, "trials")))
+        tables = TABLES + OPTIONAL
+    else:
+        trials = read_trials(exp_uri)
+        con.register("trials", trials)
+        ds = {"trials": trials}
     for name in tables:
-        if name != "trials":
-            _register_latest(con, exp_uri, name)
+        if name not in ds:  # the same rows as read_dataset keeps: each trial's latest committed attempt
+            con.register(name, read_latest(exp_uri, name, ds["trials"]))
     return con
-
-
-def _register_latest(con: duckdb.DuckDBPyConnection, exp_uri: str, name: str) -> None:
-    """The view `name`: the same rows as read_dataset keeps, those of each trial's latest committed attempt."""
-    con.register(f"_{name}_all", read_raw(exp_uri, name))
-    con.execute(f"create view {name} as select * from _{name}_all semi join trials using (trial_id, attempt)")
 
 
 def _sql_error(e: duckdb.Error) -> ValueError:
@@ -77,14 +70,14 @@ def query_table(exp_uri: str, sql: str, con: duckdb.DuckDBPyConnection | None = 
         raise _sql_error(e) from None
 
 
-def run_query(exp_uri: str, sql: str, output: str | None = None) -> None:
-    """Run `sql` over the experiment's views; print the result as a table on stdout, or write it
-    to `output` (.csv or .parquet, chosen by the suffix)."""
+def run_query(exp_uri: str, sql: str, output: str | None = None, console=None) -> None:
+    """Run `sql` over the experiment's views; print the result as a table on `console` (a rich
+    Console; required without `output`), or write it to `output` (.csv or .parquet, by the suffix)."""
     if output is not None and not output.lower().endswith((".csv", ".parquet")):
         raise ValueError(f"output {output}: must end in .csv or .parquet")
     table = query_table(exp_uri, sql)
     if output is None:
-        _print_table(table)
+        _print_table(table, console)
         return
     if table is None:
         raise ValueError(f"the statement returned no result to write to {output}")
@@ -123,19 +116,16 @@ def _text(v) -> str:
     return str(v)
 
 
-def _print_table(table: pa.Table | None) -> None:
-    from rich.console import Console
+def _print_table(table: pa.Table | None, console) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     if table is None:
-        Console().print("ok (no result rows)")
+        console.print("ok (no result rows)")
         return
     n = table.num_rows
     shown = table.slice(0, MAX_PRINTED_ROWS)
     cols = [[_text(v) for v in c.to_pylist()] for c in shown.columns]
-    # Piped output is not folded to 80 columns: as wide as the widest row needs (a terminal folds).
-    natural = 4 + sum(3 + max([len(name)] + [len(v) for v in c]) for name, c in zip(table.column_names, cols))
-    console = Console() if sys.stdout.isatty() else Console(width=max(80, min(natural, 1000)))
     t = Table(caption=f"{n} row(s)" + (f", first {MAX_PRINTED_ROWS} shown: use -o FILE.csv or .parquet for all"
                                        if n > MAX_PRINTED_ROWS else ""))
     for name, field in zip(table.column_names, table.schema):
@@ -143,5 +133,5 @@ def _print_table(table: pa.Table | None) -> None:
             pa.types.is_decimal(field.type)
         t.add_column(name, justify="right" if numeric else "left", overflow="fold")
     for i in range(shown.num_rows):
-        t.add_row(*(c[i] for c in cols))
+        t.add_row(*(Text(c[i]) for c in cols))
     console.print(t)

@@ -5,7 +5,8 @@ Pure functions over numpy arrays. Two units of replication matter and are kept a
 - evaluation tasks: the papers' ``mean ± 1.96·sd/√n`` and the paired per-task tests measure how
   much the drawn tasks move the result for *one* trained model;
 - seeds: retraining is the real replication; ``bootstrap_seed_ci`` and ``seed_level_test`` work
-  at that level.
+  at that level. Every seed meets the same tasks, so the bootstrap resamples seeds and one
+  common set of tasks per replicate.
 
 Non-finite inputs are always rejected: a diverged run reported as NaN must never be averaged in,
 or silently dropped, by a statistic.
@@ -118,50 +119,103 @@ def _task_resample_means(x: np.ndarray, k: int, rng: np.random.Generator) -> np.
     return out
 
 
+def _seed_counts(gen: np.random.Generator, n_boot: int, n_seeds: int) -> np.ndarray:
+    """Level 1 of the bootstrap: ``counts[b, s]`` = copies of seed s drawn in replicate b; shape
+    [n_boot, n_seeds], each row sums to n_seeds."""
+    picks = gen.integers(0, n_seeds, size=(n_boot, n_seeds))
+    flat = (np.arange(n_boot)[:, None] * n_seeds + picks).ravel()
+    return np.bincount(flat, minlength=n_boot * n_seeds).reshape(n_boot, n_seeds)
+
+
+def _shared_tasks_exact(x: np.ndarray, counts: np.ndarray, gen: np.random.Generator) -> np.ndarray:
+    """Replicate means with one common task resample per replicate; x [seeds, tasks], counts
+    [n_boot, seeds] -> [n_boot]. Replicate b is (1/(S·n)) Σ_s Σ_t counts[b, s] · x[s, t] · k[b, t],
+    k[b, t] the copies of task t drawn (n draws with replacement, the same for every seed)."""
+    n_boot, (n_seeds, n) = counts.shape[0], x.shape
+    rows = max(1, _CHUNK_ELEMS // n)
+    out = np.empty(n_boot)
+    for start in range(0, n_boot, rows):
+        stop = min(n_boot, start + rows)
+        idx = gen.integers(0, n, size=(stop - start, n))
+        flat = (np.arange(stop - start)[:, None] * n + idx).ravel()
+        task_counts = np.bincount(flat, minlength=(stop - start) * n).reshape(stop - start, n)
+        out[start:stop] = ((counts[start:stop] @ x) * task_counts).sum(axis=1) / (n_seeds * n)
+    return out
+
+
+def _shared_tasks_normal(x: np.ndarray, counts: np.ndarray, gen: np.random.Generator) -> np.ndarray:
+    """The same replicate means as ``_shared_tasks_exact`` (same seed draws), the common task
+    resample drawn from its normal limit: given the seeds of replicate b, the seed-weighted task
+    values y_b[t] = (1/S) Σ_s counts[b, s] x[s, t] have mean c_b·m/S and variance c_b' C c_b / S²
+    over tasks (m the seeds' task means, C their covariance across tasks, ddof 0), so the mean of n
+    resampled tasks is ~ N(c_b·m/S, c_b' C c_b / (S² n)). Costs O(n_boot · S²) after one pass over x."""
+    n_seeds, n = x.shape
+    m = x.mean(axis=1)
+    centred = x - m[:, None]
+    cov = centred @ centred.T / n
+    c = counts.astype(float)
+    var = np.einsum("bs,st,bt->b", c, cov, c) / (n_seeds**2 * n)
+    return c @ m / n_seeds + np.sqrt(np.maximum(var, 0.0)) * gen.standard_normal(counts.shape[0])
+
+
 def bootstrap_seed_ci(
-    per_seed_task_values: list[np.ndarray],
+    per_seed_task_values,
     n_boot: int = 2000,
     level: float = 0.95,
     rng=0,
+    *,
+    shared_tasks: bool = True,
+    task_level: str = "exact",
 ) -> tuple[float, float, float]:
     """Mean over seeds of per-seed means, and a two-level percentile bootstrap CI ``(lo, hi)``.
 
     Seeds are the unit of replication (PROTOCOL.md), so each replicate resamples seeds with
-    replacement and then, independently for every resampled seed, that seed's tasks: both sources
-    of variation enter the interval. Seeds count equally whatever their number of tasks.
+    replacement, then tasks: both sources of variation enter the interval.
 
-    Vectorised over replicates: the Python loop runs over seeds (and memory chunks), never over
-    replicates × tasks. Cost is ``n_boot · Σ n_tasks`` random draws, inherent to an exact
-    task-level resample. Deterministic for a fixed ``rng`` (an int seed or a Generator).
+    - ``shared_tasks=True`` (every seed met the same tasks, as in a sweep): the input is one
+      array [seeds, tasks] (or a list of equal-length per-seed arrays, task t at position t), and
+      each replicate draws **one** set of task indices used by every seed it drew. Resampling tasks
+      independently per seed would average the task effect away over seeds and make the interval
+      too narrow when tasks vary more than seeds.
+    - ``shared_tasks=False`` (each seed met its own tasks): a list of 1-D arrays, possibly of
+      different lengths; each resampled seed resamples its own tasks. Seeds count equally
+      whatever their number of tasks.
+
+    ``task_level="normal"`` (shared tasks only) draws the task level of each replicate from its
+    normal limit instead (same seed draws; see ``_shared_tasks_normal``): for cells too large for
+    ``n_boot · seeds · tasks`` work. Deterministic for a fixed ``rng`` (an int seed or a Generator).
     """
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level}")
     if n_boot < 1:
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    if task_level not in ("exact", "normal"):
+        raise ValueError(f"task_level must be exact or normal, got {task_level!r}")
     seeds = [_finite_1d(v, f"per_seed_task_values[{i}]") for i, v in enumerate(per_seed_task_values)]
     if not seeds:
         raise ValueError("per_seed_task_values: no seeds given")
     gen = np.random.default_rng(rng)
     n_seeds = len(seeds)
     point = float(np.mean([s.mean() for s in seeds]))
-
-    # Level 1: which seeds each replicate draws; counts[b, s] = copies of seed s in replicate b.
-    picks = gen.integers(0, n_seeds, size=(n_boot, n_seeds))
-    flat = (np.arange(n_boot)[:, None] * n_seeds + picks).ravel()
-    counts = np.bincount(flat, minlength=n_boot * n_seeds).reshape(n_boot, n_seeds)
-
-    # Level 2: one independent task resample per copy, summed into its replicate.
-    sums = np.zeros(n_boot)
-    for s, x in enumerate(seeds):
-        k = int(counts[:, s].sum())
-        if k == 0:
-            continue
-        means = _task_resample_means(x, k, gen)
-        owner = np.repeat(np.arange(n_boot), counts[:, s])
-        sums += np.bincount(owner, weights=means, minlength=n_boot)
-
+    counts = _seed_counts(gen, n_boot, n_seeds)
+    if shared_tasks:
+        if len({s.size for s in seeds}) > 1:
+            raise ValueError("shared_tasks=True needs every seed on the same tasks, but the seeds have "
+                             f"{sorted({s.size for s in seeds})} tasks; pass shared_tasks=False if they met different ones")
+        draw = _shared_tasks_exact if task_level == "exact" else _shared_tasks_normal
+        means = draw(np.stack(seeds), counts, gen)
+    elif task_level == "normal":
+        raise ValueError("task_level='normal' is for shared tasks only")
+    else:
+        sums = np.zeros(n_boot)  # one independent task resample per copy of a seed, summed into its replicate
+        for s, x in enumerate(seeds):
+            k = int(counts[:, s].sum())
+            if k:
+                owner = np.repeat(np.arange(n_boot), counts[:, s])
+                sums += np.bincount(owner, weights=_task_resample_means(x, k, gen), minlength=n_boot)
+        means = sums / n_seeds
     alpha = 1.0 - level
-    lo, hi = np.quantile(sums / n_seeds, [alpha / 2, 1 - alpha / 2])
+    lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
     return point, float(lo), float(hi)
 
 

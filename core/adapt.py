@@ -144,7 +144,8 @@ def adapt(params: Params, x_support: torch.Tensor, y_support: torch.Tensor, *, m
                                              temperature)
             m = by_zeta[z]
             # a row mask [(tasks,) out] broadcasts over the row: [(tasks,) out, 1, ...]
-            out[n] = m.reshape(m.shape + (1,) * (fast[n].dim() - m.dim())) if variant.mask == "row" else m
+            trailing = params[n].dim() - (2 if task_params else 1)  # the parameter's dims after its rows
+            out[n] = m.reshape(m.shape + (1,) * trailing) if variant.mask == "row" else m
         return out
 
     def step_sizes(step: int) -> dict:

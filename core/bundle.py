@@ -30,21 +30,22 @@ shapes or code paths): `check_bundle` says which.
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch.func import grad, vmap
 
-from .hparams import HParams, hparam_def
+from .evaluate import evaluate_members
+from .hparams import TensorHParams, hparam_def
 from .meta import meta_loss, outer_step, reptile_direction
 from .setup import Setup
 from .state import TrainState
 from .tasks import Batch
-from .train import curve_row, params_finite, validation_loss
+from .train import curve_row, params_finite
 
 MODES = ("fold", "vmap", "loop")
 
@@ -58,30 +59,6 @@ class Member:
     state: TrainState
     status: str = "running"
     window: list | None = None  # meta-train losses since the last report
-
-
-class TensorHParams:
-    """HParams whose float hyper-parameters are 0-dim tensors (a member's slice under vmap); every
-    other attribute is the shared HParams'."""
-
-    def __init__(self, base: HParams, values: dict[str, torch.Tensor]):
-        self._base, self._values = base, values
-
-    def __getattr__(self, name):
-        if name.startswith("_"):
-            raise AttributeError(name)
-        values = self._values
-        return values[name] if name in values else getattr(self._base, name)
-
-    def get(self, name: str):
-        return self._values[name] if name in self._values else self._base.get(name)
-
-
-def with_hp(setup: Setup, hp) -> Setup:
-    """A copy of `setup` with other hyper-parameters (no re-validation: the copy is for computing)."""
-    out = copy.copy(setup)
-    object.__setattr__(out, "hp", hp)
-    return out
 
 
 def varying(setups: list[Setup]) -> tuple[str, ...]:
@@ -160,7 +137,7 @@ def fold_gradients(members: list[Member], floats: tuple[str, ...]):
     noise = {k: torch.cat([nz[k] for nz in noises]) for k in noises[0]} if noises[0] else {}
     tasks = batch.x_support.shape[0] // n
     values = {k: v.repeat_interleave(tasks) for k, v in _member_values(members, floats).items()}
-    s = with_hp(setup, TensorHParams(hp, values))
+    s = setup.with_hp(TensorHParams(hp, values))
     with setup.math_mode():
         leaves = {k: v.detach().requires_grad_(learner.outer != "reptile")
                   for k, v in _stack([m.state.params for m in members]).items()}
@@ -200,11 +177,11 @@ def vmap_gradients(members: list[Member], floats: tuple[str, ...]):
     noise = _stack(noises) if noises[0] else {}
     params = _stack([{k: v.detach() for k, v in m.state.params.items()} for m in members])
     reptile = setup.learner.outer == "reptile"
-    compute = with_hp(setup, hp)
+    compute = setup.with_hp(hp)
     object.__setattr__(compute, "engine", "vmap")
 
     def one(p, b, nz, values):
-        s = with_hp(compute, TensorHParams(hp, values))
+        s = compute.with_hp(TensorHParams(hp, values))
         if reptile:
             return reptile_direction(p, b, nz, s)
 
@@ -231,71 +208,93 @@ def bundle_step(members: list[Member], mode: str, floats: tuple[str, ...]) -> li
     return list(losses.unbind(0))
 
 
+@dataclass
+class _Run:
+    """What one call of train_bundle holds fixed."""
+
+    members: list[Member]
+    meta_steps: int
+    report_every: int
+    val_tasks: int
+    val_seed: int
+    mode: str
+    floats: tuple[str, ...]
+    wall0: dict
+    on_report: Callable | None
+    after_reports: Callable | None
+
+    def reports(self, step: int) -> bool:
+        return step % self.report_every == 0 or step == self.meta_steps
+
+
 def train_bundle(members: list[Member], meta_steps: int, *, report_every: int = 100, val_tasks: int = 100,
                  val_seed: int = 0, mode: str = "auto",
-                 on_report: Callable[[int, Member, dict], bool | None] | None = None) -> list[str]:
+                 on_report: Callable[[int, Member, dict], bool | None] | None = None,
+                 after_reports: Callable[[int], None] | None = None) -> list[str]:
     """Train every member to `meta_steps` (members resumed from checkpoints at another step catch up
     first, alone, to the bundle's step). Returns each member's status: "completed", "diverged" (a
     non-finite loss: frozen out at that step, its rows kept) or "stopped_early" (`on_report(i,
     member, row)` returned True: a scheduler's rung inside the bundle). Curve rows accumulate in each
-    member's state, as in core.train. mode "auto": `auto_mode`."""
+    member's state, as in core.train; the members reporting at a step are validated in one pass
+    (core.evaluate.evaluate_members). `after_reports(step)` runs once they have all reported (e.g. one
+    checkpoint of the whole bundle). mode "auto": `auto_mode`."""
     if mode == "auto":
         mode = auto_mode(members[0].setup)
     check_bundle([m.setup for m in members], mode)
-    floats = tuple(n for n in members[0].setup.learner.reads() if hparam_def(n).kind == "float")
-    wall0 = {id(m): time.perf_counter() - m.state.extra.get("wall_seconds", 0.0) for m in members}
+    run = _Run(members, meta_steps, report_every, val_tasks, val_seed, mode,
+               tuple(n for n in members[0].setup.learner.reads() if hparam_def(n).kind == "float"),
+               {id(m): time.perf_counter() - m.state.extra.get("wall_seconds", 0.0) for m in members},
+               on_report, after_reports)
     for m in members:
         m.window = []
         if m.status == "running" and m.state.step >= meta_steps:
             m.status = "completed"
-    _align(members, meta_steps, report_every, val_tasks, val_seed, mode, floats, wall0, on_report)
-    while True:
-        active = [m for m in members if m.status == "running"]
-        if not active:
-            break
-        losses = bundle_step(active, mode, floats)
-        for m, loss in zip(active, losses):
-            _after_step(m, float(loss), meta_steps, report_every, val_tasks, val_seed, wall0[id(m)],
-                        members.index(m), on_report)
-    return [m.status for m in members]
-
-
-def _align(members, meta_steps, report_every, val_tasks, val_seed, mode, floats, wall0, on_report) -> None:
-    """Members restored at different steps (a bundle resumed from checkpoints written at different
-    reports) step alone until they meet the furthest one, so the bundle then moves in lockstep."""
     while True:
         running = [m for m in members if m.status == "running"]
         if not running:
-            return
-        top = max(m.state.step for m in running)
-        behind = [m for m in running if m.state.step < top]
-        if not behind:
-            return
-        low = min(m.state.step for m in behind)
-        group = [m for m in behind if m.state.step == low]
-        for m, loss in zip(group, bundle_step(group, mode, floats)):
-            _after_step(m, float(loss), meta_steps, report_every, val_tasks, val_seed, wall0[id(m)],
-                        members.index(m), on_report)
+            return [m.status for m in members]
+        # members restored at different steps (checkpoints of different reports) catch up alone with the
+        # furthest one first, so the bundle then moves in lockstep
+        low = min(m.state.step for m in running)
+        _step(run, [m for m in running if m.state.step == low])
 
 
-def _after_step(m: Member, loss: float, meta_steps: int, report_every: int, val_tasks: int, val_seed: int,
-                wall0: float, index: int, on_report) -> None:
-    """The single-trial loop's bookkeeping (core.train.train) for one member after one step."""
-    st, setup = m.state, m.setup
-    m.window.append(loss)
-    if not math.isfinite(loss) or (st.step % report_every == 0 or st.step == meta_steps) and \
-            not params_finite(st.params):
-        st.curves.append(curve_row(setup, st, st.step, m.window, wall0))
-        m.status = "diverged"
-        return
-    if st.step % report_every == 0 or st.step == meta_steps:
-        val_loss, val_acc = validation_loss(setup, st.params, val_tasks, val_seed)
-        row = curve_row(setup, st, st.step, m.window, wall0, val_loss, val_acc)
-        m.window = []
-        st.curves.append(row)
-        if not math.isfinite(val_loss):
+def _step(run: _Run, group: list[Member]) -> None:
+    """One step of `group` (members at one step count), then their reports if it is a report step."""
+    losses = bundle_step(group, run.mode, run.floats)
+    reporting = []
+    for m, loss in zip(group, losses):
+        st = m.state
+        m.window.append(float(loss))
+        if not math.isfinite(m.window[-1]) or run.reports(st.step) and not params_finite(st.params):
+            st.curves.append(curve_row(m.setup, st, st.step, m.window, run.wall0[id(m)]))
             m.status = "diverged"
-        elif on_report is not None and on_report(index, m, row):
-            m.status = "stopped_early"
-        elif st.step >= meta_steps:
-            m.status = "completed"
+        elif run.reports(st.step):
+            reporting.append(m)
+    if not reporting:
+        return
+    # one pass over the reporting members (each member alone in loop mode, which promises bit-identity)
+    groups = [[m] for m in reporting] if run.mode == "loop" else [reporting]
+    vals = [cols for g in groups for cols in evaluate_members(
+        [m.setup for m in g], [m.state.params for m in g], split="val", eval_seed=run.val_seed, n_tasks=run.val_tasks,
+        shots=(g[0].setup.train_shots,), steps=(g[0].setup.hp.inner_steps,), chunk=run.val_tasks)]
+    for m, cols in zip(reporting, vals):
+        _report(run, m, cols)
+    if run.after_reports is not None:
+        run.after_reports(reporting[0].state.step)
+
+
+def _report(run: _Run, m: Member, cols: dict) -> None:
+    """The single-trial loop's report (core.train.train) for one member: curve row, status, callback."""
+    st = m.state
+    acc = cols["accuracy"]
+    val_loss, val_acc = float(cols["loss"].mean()), (None if np.isnan(acc).all() else float(acc.mean()))
+    row = curve_row(m.setup, st, st.step, m.window, run.wall0[id(m)], val_loss, val_acc)
+    m.window = []
+    st.curves.append(row)
+    if not math.isfinite(val_loss):
+        m.status = "diverged"
+    elif run.on_report is not None and run.on_report(run.members.index(m), m, row):
+        m.status = "stopped_early"
+    elif st.step >= run.meta_steps:
+        m.status = "completed"

@@ -33,14 +33,16 @@ def eval_noise(setup: Setup, params, split: str, eval_seed: int, indices, steps:
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
 
-def _trajectory_metrics(setup: Setup, learner, params, batch, noise, steps: int, mask_mode: str):
+def _trajectory_metrics(setup: Setup, learner, params, batch, noise, steps: int, mask_mode: str,
+                        task_params: bool = False):
     """Query loss (and accuracy) of every task after 0..steps inner steps: [tasks, steps + 1]
     (a learner without an inner loop: [tasks, 1], its only output, recorded at step 0)."""
     from .losses import PER_TASK
 
+    extra = {"task_params": True} if task_params else {}
     outs = learner.outputs(setup, params, batch.x_support, batch.y_support, batch.x_query, noise,
                            steps=steps if learner.inner_loop else 0, every_step=True, mask_mode=mask_mode,
-                           batched=True)
+                           batched=True, **extra)
     per_task = PER_TASK[setup.family.loss]
     with torch.no_grad():
         losses = [per_task(out, batch.y_query) for out in outs]
@@ -62,34 +64,76 @@ def evaluate(setup: Setup, params, *, split: str = "test", eval_seed: int = 1, n
     learner = learner or setup.learner
     learner.check(setup)
     with setup.math_mode():
-        return _evaluate(setup, learner, params, split, eval_seed, n_tasks, shots, steps, mask_eval, chunk)
+        return _evaluate([setup], learner, [params], split, eval_seed, n_tasks, shots, steps, mask_eval, chunk)[0]
 
 
-def _evaluate(setup, learner, params, split, eval_seed, n_tasks, shots, steps, mask_eval, chunk) -> dict:
+def evaluate_members(setups: list[Setup], params_list: list, *, split: str = "test", eval_seed: int = 1,
+                     n_tasks: int = 600, shots=(5, 10, 20), steps=(1, 10), mask_eval: str | None = None,
+                     chunk: int = 600) -> list[dict]:
+    """`evaluate` for the members of a bundle (one learner, family and shapes; their own parameters and
+    float hyper-parameters) on the same fixed tasks, in one computation: members x tasks folded into
+    the batched task dimension (learners with `fold`; others are evaluated one by one). Each member's
+    rows equal its own `evaluate` to float rounding."""
+    learner = setups[0].learner
+    learner.check(setups[0])
+    if len(setups) == 1 or not getattr(learner, "fold", False):
+        return [evaluate(s, p, split=split, eval_seed=eval_seed, n_tasks=n_tasks, shots=shots, steps=steps,
+                         mask_eval=mask_eval, chunk=chunk) for s, p in zip(setups, params_list)]
+    with setups[0].math_mode():
+        return _evaluate(setups, learner, params_list, split, eval_seed, n_tasks, shots, steps, mask_eval, chunk)
+
+
+def _folded(setups: list[Setup], params_list: list, tasks: int):
+    """The members' parameters and float hyper-parameters, one copy per task: [members * tasks, ...]."""
+    from .hparams import TensorHParams, hparam_def
+
+    setup, n = setups[0], len(setups)
+    stacked = {k: torch.stack([p[k] for p in params_list]) for k in params_list[0]}
+    params = {k: v.unsqueeze(1).expand(n, tasks, *v.shape[1:]).reshape(n * tasks, *v.shape[1:])
+              for k, v in stacked.items()}
+    floats = [h for h in setup.learner.reads() if hparam_def(h).kind == "float"]
+    values = {h: torch.tensor([float(s.hp.get(h)) for s in setups], dtype=setup.dtype,
+                              device=setup.device).repeat_interleave(tasks) for h in floats}
+    return setup.with_hp(TensorHParams(setup.hp, values)), params
+
+
+def _evaluate(setups, learner, params_list, split, eval_seed, n_tasks, shots, steps, mask_eval, chunk) -> list:
+    setup, n = setups[0], len(setups)
     mask_mode = mask_eval or setup.hp.mask_eval
     shots = sorted(set(int(s) for s in shots))
     steps = sorted(set(int(s) for s in steps)) if learner.inner_loop else [0]
     max_steps = max(steps)
     ways = getattr(setup.family, "ways", 1)  # classification supports hold k examples per class
-    params = {k: v.detach() for k, v in params.items()}
-    # at most ~8M input values per chunk (image tasks: 600 MiniImagenet tasks are ~5 GB of pixels);
-    # regression tasks are tiny, so their chunk is every task
-    per_task = (max(shots) + setup.queries) * ways * math.prod(setup.family.input_shape)
+    params_list = [{k: v.detach() for k, v in p.items()} for p in params_list]
+    # at most ~8M input values per chunk and member (image tasks: 600 MiniImagenet tasks are ~5 GB of
+    # pixels); regression tasks are tiny, so their chunk is every task
+    per_task = (max(shots) + setup.queries) * ways * math.prod(setup.family.input_shape) * n
     chunk = max(1, min(chunk, (1 << 23) // per_task))
-    parts: dict[int, tuple[list, list]] = {k: ([], []) for k in shots}
+    parts = [{k: ([], []) for k in shots} for _ in range(n)]
     for start in range(0, n_tasks, chunk):
         # tasks are pure functions of their index: building them chunk by chunk changes nothing and
         # bounds memory (600 MiniImagenet tasks would not fit at once)
         idx = range(start, min(start + chunk, n_tasks))
         batch = setup.family.eval_tasks(split, eval_seed, idx, max(shots), setup.queries)
         batch = batch.to(setup.device, setup.dtype)
-        noise = eval_noise(setup, params, split, eval_seed, idx, max_steps, learner)
+        noise = eval_noise(setup, params_list[0], split, eval_seed, idx, max_steps, learner)
+        s, params = setup, params_list[0]
+        if n > 1:  # every member meets the same tasks and noise: repeat them once per member
+            batch = type(batch)(*(t.repeat(n, *([1] * (t.dim() - 1))) for t in batch))
+            noise = {z: v.repeat(n, *([1] * (v.dim() - 1))) for z, v in noise.items()}
+            s, params = _folded(setups, params_list, len(idx))
         for k in shots:
             with torch.no_grad():
-                loss, acc = _trajectory_metrics(setup, learner, params, batch.shots(k, ways), noise, max_steps,
-                                                mask_mode)
-            parts[k][0].append(loss)
-            parts[k][1].append(acc)
+                loss, acc = _trajectory_metrics(s, learner, params, batch.shots(k, ways), noise, max_steps,
+                                                mask_mode, task_params=n > 1)
+            for m, (lm, am) in enumerate(zip(loss.chunk(n), acc.chunk(n) if acc is not None else [None] * n)):
+                parts[m][k][0].append(lm)
+                parts[m][k][1].append(am)
+    return [_columns(p, shots, steps, n_tasks) for p in parts]
+
+
+def _columns(parts: dict, shots: list, steps: list, n_tasks: int) -> dict:
+    """Eval rows (task_index, shots, inner_steps, loss, accuracy) from per-shot [tasks, steps + 1] chunks."""
     cols = {name: [] for name in ROWS}
     for k in shots:
         loss = torch.cat(parts[k][0]).cpu().double().numpy()  # [n_tasks, max_steps + 1]

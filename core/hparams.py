@@ -165,3 +165,20 @@ class HParams:
 
     def __hash__(self) -> int:
         return hash((*(getattr(self, n) for n in COMMON), tuple(sorted(self.extra.items()))))
+
+
+class TensorHParams:
+    """HParams whose float hyper-parameters are 0-dim tensors (a member's slice under vmap); every
+    other attribute is the shared HParams'."""
+
+    def __init__(self, base: HParams, values: dict):
+        self._base, self._values = base, values
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        values = self._values
+        return values[name] if name in values else getattr(self._base, name)
+
+    def get(self, name: str):
+        return self._values[name] if name in self._values else self._base.get(name)

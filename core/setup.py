@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -57,6 +58,13 @@ class Setup:
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be {', '.join(ENGINES)} or auto (got {self.engine!r})")
         self.learner.check(self)
+
+    def with_hp(self, hp) -> Setup:
+        """A copy with other hyper-parameters (e.g. core.hparams.TensorHParams: a bundle's per-member
+        values as tensors), without re-validating: the copy is for computing."""
+        out = copy.copy(self)
+        object.__setattr__(out, "hp", hp)
+        return out
 
     @property
     def variant(self) -> Variant | None:

@@ -21,7 +21,10 @@ def make_optimizer(setup: Setup, params: Params) -> torch.optim.Optimizer:
     tensors = list(params.values())
     if setup.learner.outer == "reptile":
         return torch.optim.SGD(tensors, lr=setup.hp.beta, foreach=True)
-    return torch.optim.Adam(tensors, lr=setup.hp.beta, foreach=True)
+    # the fused kernel: one pass over every tensor (CPU and CUDA); 50 us against 135 us for the foreach
+    # implementation on the sine net's 12 tensors, which matters when a step takes 1-2 ms (bundles step
+    # one optimiser per member)
+    return torch.optim.Adam(tensors, lr=setup.hp.beta, fused=True)
 
 
 @dataclass

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from .console import make_console
 from .errors import UserError, fail
 
 app = typer.Typer(
@@ -20,8 +21,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
-out = Console()
+console = make_console(stderr=True)  # progress, messages
+out = make_console()  # tables and results
 
 
 @app.callback()
@@ -250,19 +251,28 @@ def status(experiment: str = typer.Argument(..., help="experiment path (STORAGE/
     """How far a sweep is: stages done, trials per stage and status."""
     from .status import print_status
 
+    with dataset_errors():
+        print_status(experiment, out)
+
+
+@contextmanager
+def dataset_errors():
+    """What every command that reads the dataset does with a damaged or foreign file (a StoreError
+    naming it), a bad argument or an impossible request: one line `error: ...`, exit 2."""
     try:
-        print_status(experiment)
-    except UserError as e:
+        yield
+    except (UserError, ValueError) as e:  # StoreError is a ValueError
         fail(str(e))
 
 
 def _print_rank(exp_uri: str, **kw) -> None:
-    from metasweep.analysis.ranking import compute_ranking, print_ranking
+    from metasweep.analysis.ranking import compute_ranking
+    from metasweep.analysis.render import print_ranking
 
     try:
         print_ranking(compute_ranking(exp_uri, **kw), out)
     except ValueError as e:
-        console.print(f"ranking: {e}")
+        console.print(f"ranking: {e}", markup=False)
 
 
 @app.command()
@@ -276,17 +286,15 @@ def rank(
 ):
     """The paper-style table: variants x settings, mean ± 95% CI, best and ties marked, average
     rank, Friedman test, and paired tests against the baseline on shared tasks."""
-    from metasweep.analysis.ranking import compute_ranking, print_ranking, render
-    from metasweep.analysis.store import StoreError
+    from metasweep.analysis.ranking import compute_ranking
+    from metasweep.analysis.render import FORMATS, print_ranking, render
 
     if metric not in ("loss", "accuracy"):
         fail(f"--metric: must be loss or accuracy (got {metric!r})")
-    if fmt not in ("text", "markdown", "latex", "csv"):
-        fail(f"--format: must be text, markdown, latex or csv (got {fmt!r})")
-    try:
+    if fmt not in FORMATS:
+        fail(f"--format: must be {', '.join(FORMATS[:-1])} or {FORMATS[-1]} (got {fmt!r})")
+    with dataset_errors():
         r = compute_ranking(experiment, metric=metric, stage=stage, inner_steps=inner_steps, baseline=baseline)
-    except (StoreError, ValueError) as e:
-        fail(str(e))
     if fmt == "text":
         print_ranking(r, out)
     else:
@@ -304,16 +312,13 @@ def plot(
     """Figures: learning curves with bands over seeds, loss vs alpha per variant (MT-net section 6.2),
     fraction of updated weights per layer (MT-net Fig. 4), average ranks."""
     from metasweep.analysis.plots import KINDS, make_plot
-    from metasweep.analysis.store import StoreError
 
     if kind not in KINDS:
         fail(f"--kind: must be one of {', '.join(KINDS)} (got {kind!r})")
     if output.suffix.lower() != ".png":
         fail(f"-o {output}: the figure is written as PNG; use a .png file name")
-    try:
+    with dataset_errors():
         make_plot(experiment, kind, str(output), stage=stage, metric=metric)
-    except (StoreError, ValueError) as e:
-        fail(str(e))
     console.print(f"wrote {output}")
 
 
@@ -325,14 +330,11 @@ def query(
 ):
     """Run SQL (duckdb) over the experiment's three tables, registered as views."""
     from metasweep.analysis.query import run_query
-    from metasweep.analysis.store import StoreError
 
     if output is not None and output.suffix.lower() not in (".csv", ".parquet"):
         fail(f"-o {output}: must end in .csv or .parquet")
-    try:
-        run_query(experiment, sql, str(output) if output else None)
-    except (StoreError, ValueError) as e:
-        fail(str(e))
+    with dataset_errors():
+        run_query(experiment, sql, str(output) if output else None, console=out)
 
 
 @app.command()

@@ -1,14 +1,13 @@
 """The experiment folder on its storage: the spec as run, a manifest of stages, the Ray Tune
-state of each stage and the results dataset. Local folders and pyarrow filesystem URIs."""
+state of each stage and the results dataset. Local folders and pyarrow filesystem URIs; files are
+read and written (atomically) by the store."""
 
 from __future__ import annotations
 
 import json
 import os
 
-import pyarrow.fs as pafs
-
-from metasweep.analysis.store import resolve
+from metasweep.analysis.store import read_text, write_text  # the store owns files and their atomic writes
 
 from .errors import UserError
 
@@ -25,29 +24,6 @@ def experiment_uri(storage: str, experiment: str) -> str:
             raise UserError(f"storage {storage}: folder does not exist and neither does its parent {parent}; "
                             "create it or pass --storage DIR")
     return os.path.join(storage, experiment)
-
-
-def read_text(uri: str, name: str) -> str | None:
-    fs, root = resolve(uri)
-    path = f"{root}/{name}"
-    if fs.get_file_info(path).type != pafs.FileType.File:
-        return None
-    with fs.open_input_stream(path) as f:
-        return f.read().decode()
-
-
-def write_text(uri: str, name: str, text: str) -> None:
-    fs, root = resolve(uri)
-    fs.create_dir(root, recursive=True)
-    path = f"{root}/{name}"
-    if isinstance(fs, pafs.LocalFileSystem):
-        tmp = f"{path}.tmp"
-        with fs.open_output_stream(tmp) as f:
-            f.write(text.encode())
-        fs.move(tmp, path)
-    else:
-        with fs.open_output_stream(path) as f:
-            f.write(text.encode())
 
 
 def read_manifest(uri: str) -> dict:

@@ -95,7 +95,7 @@ def environment() -> dict:
     import ray
     import torch
 
-    from .trial import git_sha, package_version
+    from metasweep.analysis.rows import git_sha, package_version
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -181,7 +181,8 @@ def parse_table1(markdown: str, shots=(5, 10, 20)) -> dict:
 def write_report(name: str, scale: str, exp_uri: str, out: Path, spec_text: str, wall: float,
                  command: str) -> Path:
     from metasweep.analysis.plots import make_plot
-    from metasweep.analysis.ranking import compute_ranking, render
+    from metasweep.analysis.ranking import compute_ranking
+    from metasweep.analysis.render import render
 
     env = environment()
     lines = [f"# Reproduction: MT-net paper, {name} ({scale} scale)", ""]

@@ -11,17 +11,16 @@ import socket
 import threading
 import time
 
-from rich.console import Console
+from metasweep.analysis.store import mark_unfinished, quarantine_trials, read_dataset, read_raw
 
-from metasweep.analysis.store import read_dataset, read_raw, write_table
-
+from .console import make_console
 from .errors import UserError
 from .experiment import experiment_uri, is_local, read_manifest, read_text, write_manifest, write_text
 from .plan import Cell, cells, grid_trial_configs, search_space, stage_test_configs, tune_trial_base
 from .spec import Spec, load_spec, parse_spec
 from .trial import TrialConfig
 
-console = Console(stderr=True)
+console = make_console(stderr=True)
 
 
 class Interrupted(Exception):
@@ -182,7 +181,9 @@ def run_tune_cell(spec: Spec, exp_uri: str, spec_hash: str, cell: Cell) -> None:
 
     name = f"tune-{cell.name}"
     space = search_space(spec, cell.variant)
-    base = tune_trial_base(spec, cell).to_dict()
+    base = tune_trial_base(spec, cell)
+    base.hp_source = None  # drawn by the search (store.HP_SOURCES)
+    base = base.to_dict()
 
     define_by_run = DefineByRun({k: (r.low, r.high, r.log) for k, r in space.items()})
 
@@ -260,10 +261,15 @@ def best_configs(spec: Spec, exp_uri: str) -> dict[str, dict]:
     return out
 
 
-def run_grid_stage(spec: Spec, exp_uri: str, spec_hash: str, stage: str, configs) -> None:
+def run_grid_stage(spec: Spec, exp_uri: str, spec_hash: str, stage: str, configs,
+                   sources: dict[str, tuple[str, str | None]] | None = None) -> None:
+    """One Tuner over fixed configurations: a grid, or the test stage (`sources`: per cell name,
+    where its hyper-parameters came from; default "grid")."""
     from ray import tune
 
     name = stage
+    for cell, cfg in configs:  # where each trial's hyper-parameters came from (store.HP_SOURCES)
+        cfg.hp_source, cfg.hp_source_trial = (sources or {}).get(cell.name, ("grid", None))
     points = [{"trial": cfg.to_dict(), "meta": _meta(spec, exp_uri, spec_hash, stage, cell)} for cell, cfg in configs]
 
     def make(restore_path):
@@ -278,23 +284,6 @@ def run_grid_stage(spec: Spec, exp_uri: str, spec_hash: str, stage: str, configs
 
     console.print(f"[bold]{name}[/]: {len(points)} trials")
     _fit(_tuner(exp_uri, name, make, stage), len(points), name)
-
-
-def finalize_running_rows(exp_uri: str, stage: str) -> int:
-    """After a stage ends: a trial whose latest row is still 'running' was stopped by the scheduler
-    (ASHA) after a report - its curve is a result with status stopped_early."""
-    trials = read_raw(exp_uri, "trials")
-    fixed = 0
-    latest = {}
-    for r in trials.to_pylist():
-        if r["stage"] == stage and (r["trial_id"] not in latest or r["attempt"] > latest[r["trial_id"]]["attempt"]):
-            latest[r["trial_id"]] = r
-    for r in latest.values():
-        if r["status"] == "running":
-            r["status"] = "stopped_early"
-            write_table(exp_uri, "trials", {k: [v] for k, v in r.items()}, r["trial_id"], r["attempt"])
-            fixed += 1
-    return fixed
 
 
 # --------------------------------------------------------------------------------------- entry points
@@ -318,7 +307,7 @@ def run_experiment(spec: Spec, exp_uri: str, spec_hash: str, stage: str = "all")
     if spec.mode == "grid":
         if not manifest["cells"].get("grid"):
             run_grid_stage(spec, exp_uri, spec_hash, "grid", grid_trial_configs(spec))
-            finalize_running_rows(exp_uri, "grid")
+            mark_unfinished(exp_uri, "grid")
             manifest["cells"]["grid"] = "done"
             manifest["wall_seconds"] = manifest.get("wall_seconds", 0) + time.perf_counter() - t0
             write_manifest(exp_uri, manifest)
@@ -329,7 +318,7 @@ def run_experiment(spec: Spec, exp_uri: str, spec_hash: str, stage: str = "all")
             if manifest["cells"].get(key) == "done":
                 continue
             run_tune_cell(spec, exp_uri, spec_hash, cell)
-            finalize_running_rows(exp_uri, "tune")
+            mark_unfinished(exp_uri, "tune")
             manifest["cells"][key] = "done"
             write_manifest(exp_uri, manifest)
         manifest["best"] = best_configs(spec, exp_uri)
@@ -344,13 +333,27 @@ def run_experiment(spec: Spec, exp_uri: str, spec_hash: str, stage: str = "all")
                 console.print("test: no tune results; every variant uses the spec's defaults "
                               f"(alpha={spec.defaults.alpha}, beta={spec.defaults.beta}, c={spec.defaults.temperature})")
             clean = {k: {h: v for h, v in hp.items() if not h.startswith("_")} for k, hp in best.items()}
-            run_grid_stage(spec, exp_uri, spec_hash, "test", stage_test_configs(spec, clean))
-            finalize_running_rows(exp_uri, "test")
+            run_grid_stage(spec, exp_uri, spec_hash, "test", stage_test_configs(spec, clean),
+                           hp_sources(spec, manifest, best))
+            mark_unfinished(exp_uri, "test")
             manifest["cells"]["test"] = "done"
             write_manifest(exp_uri, manifest)
     manifest["wall_seconds"] = manifest.get("wall_seconds", 0) + time.perf_counter() - t0
     write_manifest(exp_uri, manifest)
     return manifest
+
+
+def hp_sources(spec: Spec, manifest: dict, best: dict) -> dict[str, tuple[str, str | None]]:
+    """Per test-stage cell, (hp_source, hp_source_trial): "tuned" from its best tune trial,
+    "fallback" when its tune stage ran without a finite result, "defaults" when it had none."""
+    out = {}
+    for cell in cells(spec):
+        if cell.name in best:
+            out[cell.name] = ("tuned", best[cell.name].get("_trial_id"))
+        else:
+            tuned = manifest["cells"].get(f"tune-{cell.name}") == "done"
+            out[cell.name] = ("fallback" if tuned else "defaults", None)
+    return out
 
 
 def print_best(spec: Spec, best: dict) -> None:
@@ -367,7 +370,7 @@ def print_best(spec: Spec, best: dict) -> None:
         hp = [f"{b[k]:.3g}" if k in b else "-" for k in ("alpha", "beta", "temperature")]
         table.add_row(cell.variant, str(cell.shots), *hp,
                       f"{b['_val_loss']:.4f}")
-    Console().print(table)
+    make_console().print(table)
 
 
 def run_on_ray(spec: Spec, exp_uri: str, spec_hash: str, stage: str, address: str | None) -> None:
@@ -406,27 +409,13 @@ def resume(exp_uri: str, address: str | None = None, stage: str = "all") -> str:
 
 def quarantine_rows(exp_uri: str, stage: str, variant: str | None = None, shots: int | None = None) -> int:
     """Before a stage cell starts afresh (no Ray state to restore: the driver died before Tune saved
-    any), move the rows an earlier, abandoned run of that cell wrote to `orphaned/` - kept on disk,
-    never read - so the restarted cell does not count twice."""
-    import pyarrow.fs as pafs
-
-    from metasweep.analysis.store import SCHEMAS, resolve
-
+    any), set aside the rows an earlier, abandoned run of that cell wrote (the store moves them to
+    `orphaned/`, never read), so the restarted cell does not count twice."""
     trials = read_raw(exp_uri, "trials").to_pylist()
     ids = {r["trial_id"] for r in trials if r["stage"] == stage and (variant is None or r["variant"] == variant)
            and (shots is None or r["train_shots"] == shots)}
     if not ids:
         return 0
-    fs, root = resolve(exp_uri)
-    moved = 0
-    for table in SCHEMAS:  # the core tables and the optional ones (cka)
-        folder = f"{root}/{table}"
-        if fs.get_file_info(folder).type != pafs.FileType.Directory:
-            continue
-        fs.create_dir(f"{root}/orphaned/{table}", recursive=True)
-        for info in fs.get_file_info(pafs.FileSelector(folder)):
-            if info.base_name.split("__a")[0] in ids:
-                fs.move(info.path, f"{root}/orphaned/{table}/{info.base_name}")
-                moved += 1
+    moved = quarantine_trials(exp_uri, ids)
     console.print(f"{stage}: set aside {len(ids)} trial(s) of an abandoned earlier run (see orphaned/)")
     return moved

@@ -4,12 +4,13 @@ Calls the core through `sweeps.trial`, reports every K meta-steps with a checkpo
 (`ray.tune.report(metrics, checkpoint=tune.Checkpoint...)`), restarts exactly from
 `tune.get_checkpoint()` after a lost node, and writes its Parquet rows itself (to the experiment's
 storage, so nodes need no shared local disk). Rows of each report are committed as status
-"running"; the final write replaces them, so a trial stopped early by ASHA keeps its curve.
+"running"; the final write replaces them, so a trial stopped early by ASHA keeps its curve. Every
+trials row (running, final, errored) is built by `trial_row` from the same values, so they differ
+only in what the trial measured.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import tempfile
@@ -19,7 +20,7 @@ from ray import tune
 
 from metasweep.analysis.store import write_trial
 
-from .trial import TrialConfig, build_setup, curve_columns, run_trial
+from .trial import TrialConfig, TrialResult, build_setup, curve_columns, resolve_device, run_trial, trial_row
 from .trial import now as utc_now
 
 STATE_FILE = "state.pt"
@@ -35,12 +36,39 @@ def metrics_of(row: dict) -> dict:
 
 
 def node_name() -> str:
-    """host/ray-node-id: several Ray nodes can share one host (tests, multi-GPU machines)."""
+    """host/ray-node-id: several Ray nodes can share one host (tests, multi-GPU machines); the host
+    alone outside Ray (never starts or joins one)."""
     import socket
 
     import ray
 
+    if not ray.is_initialized():
+        return socket.gethostname()
     return f"{socket.gethostname()}/{ray.get_runtime_context().get_node_id()[:12]}"
+
+
+def row_of(cfg: TrialConfig, meta: dict, trial_id: str, attempt: int, started, *, status: str, **measured) -> dict:
+    """The trials row of this trial with `status` and what it measured (meta_steps, wall_seconds,
+    final_val_loss, error, device, ended_at): the running rows and the final row differ only in those."""
+    return trial_row(cfg, experiment=meta["experiment"], stage=meta["stage"], trial_id=trial_id, attempt=attempt,
+                     spec_hash=meta["spec_hash"], started=started, status=status, variant=meta["variant"],
+                     node=node_name(), **measured)
+
+
+def running_row(cfg: TrialConfig, meta: dict, trial_id: str, attempt: int, started, st, report: dict) -> dict:
+    """The row written at each report (status running; kept as stopped_early if the scheduler stops
+    the trial there): `row_of` with the training state's step and time and the report's val loss."""
+    return row_of(cfg, meta, trial_id, attempt, started, status="running", meta_steps=st.step,
+                  wall_seconds=st.extra.get("wall_seconds"), final_val_loss=report["val_loss"], ended_at=utc_now(),
+                  device=resolve_device(cfg.device))
+
+
+def final_row(cfg: TrialConfig, meta: dict, trial_id: str, attempt: int, started, result: TrialResult) -> dict:
+    """The row of an ended trial (completed, diverged, errored): `row_of` with what it measured."""
+    r = result.trial_row
+    return row_of(cfg, meta, trial_id, attempt, started, status=result.status, device=r.get("device"),
+                  error=r.get("error"), meta_steps=r.get("meta_steps") or 0, wall_seconds=r.get("wall_seconds"),
+                  final_val_loss=r.get("final_val_loss"), ended_at=r.get("ended_at"))
 
 
 def metasweep_trainable(config: dict) -> None:
@@ -65,33 +93,21 @@ def metasweep_trainable(config: dict) -> None:
             state = load_state(build_setup(cfg), os.path.join(d, STATE_FILE))
         attempt = int(state.extra.get("attempt", 0)) + 1
     started = utc_now()
-    config_json = json.dumps(cfg.to_dict(), sort_keys=True)
 
     def on_report(st, row):
         st.extra["attempt"] = attempt
-        partial = {
-            "experiment": meta["experiment"], "stage": meta["stage"], "trial_id": trial_id, "attempt": attempt,
-            "variant": meta["variant"], "task_family": cfg.task,
-            "task_options": json.dumps(cfg.task_options, sort_keys=True), "train_shots": cfg.train_shots, "seed": cfg.seed,
-            "alpha": cfg.alpha, "beta": cfg.beta, "temperature": cfg.temperature, "inner_steps": cfg.inner_steps,
-            "meta_batch": cfg.meta_batch, "status": "running", "meta_steps": st.step,
-            "wall_seconds": st.extra.get("wall_seconds"), "final_val_loss": row["val_loss"],
-            "spec_hash": meta["spec_hash"], "started_at": started, "ended_at": utc_now(),
-            "config": config_json, "node": node_name(),
-        }
-        write_trial(uri, partial, curve_columns(st.curves), {})
+        write_trial(uri, running_row(cfg, meta, trial_id, attempt, started, st, row), curve_columns(st.curves), {})
         with tempfile.TemporaryDirectory() as d:
             st.save(os.path.join(d, STATE_FILE))
             tune.report(metrics_of(row), checkpoint=tune.Checkpoint.from_directory(d))
 
     result = run_trial(cfg, trial_id=trial_id, experiment=meta["experiment"], stage=meta["stage"],
                        attempt=attempt, spec_hash=meta["spec_hash"], state=state, on_report=on_report)
-    result.trial_row["variant"] = meta["variant"]  # the spec's name (a preset, or a named override)
-    result.trial_row["node"] = node_name()
-    write_trial(uri, result.trial_row, result.curves, result.eval_tasks, extra={"cka": result.cka})
-    final = {"status": result.status, "done_rows": True}
-    if result.trial_row["final_val_loss"] is not None:
-        final["val_loss"] = result.trial_row["final_val_loss"]
+    final = final_row(cfg, meta, trial_id, attempt, started, result)
+    write_trial(uri, final, result.curves, result.eval_tasks, extra={"cka": result.cka})
+    report = {"status": result.status, "done_rows": True}
+    if final["final_val_loss"] is not None:
+        report["val_loss"] = final["final_val_loss"]
     elif result.status != "completed":
-        final["val_loss"] = float("inf")
-    tune.report(final)
+        report["val_loss"] = float("inf")
+    tune.report(report)

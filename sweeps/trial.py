@@ -4,12 +4,6 @@ with reporting and checkpoints."""
 
 from __future__ import annotations
 
-import datetime as dt
-import json
-import math
-import os
-import socket
-import subprocess
 import time
 import traceback
 from collections.abc import Callable
@@ -17,6 +11,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from metasweep.analysis.rows import git_sha, now, package_version  # noqa: F401 (re-exported)
+from metasweep.analysis.rows import trial_row as build_row
 from metasweep.analysis.summary import summarize
 from metasweep.core import HParams
 from metasweep.core.evaluate import evaluate
@@ -62,7 +58,8 @@ class TrialConfig:
     cuda_graphs: bool = True  # CUDA: meta-gradient replayed from a captured graph (core/graphs.py)
     tf32: bool = False  # CUDA: TF32 convolutions/matmuls (core.setup.Setup.math_mode)
     cka_tasks: int = 0  # image tasks: > 0 computes per-layer CKA before/after the inner loop on that many
-    #                     evaluation tasks (the results table `cka`, core/similarity.py)
+    #                     evaluation tasks (the results table `cka`, core/similarity.py); learners without an
+    #                     inner loop of parameters skip it
     extra_hparams: dict = field(default_factory=dict)  # a learner family's own hyper-parameters, by name
     plugins: tuple[str, ...] = ()  # modules that register learners / task families (core.registry.load_plugins)
     hp_source: str = "given"  # where alpha, beta, ... came from: tuned | fallback | defaults | grid | given
@@ -123,29 +120,6 @@ def check_trial(cfg: TrialConfig, setup: Setup) -> None:
     check_sizes(setup, eval_split=cfg.eval_split, eval_shots=cfg.eval_shots, val=cfg.val_tasks > 0)
 
 
-def package_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("metasweep")
-    except Exception:
-        return "unknown"
-
-
-def git_sha() -> str:
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        out = subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             timeout=5)
-        return out.stdout.strip() or "unknown"
-    except Exception:
-        return "unknown"
-
-
-def now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
-
-
 @dataclass
 class TrialResult:
     status: str
@@ -178,14 +152,15 @@ def run_trial(cfg: TrialConfig, *, trial_id: str, experiment: str = "train", sta
     (configuration, training, evaluation, CKA) is status "errored" with the phase and message in the
     row - both are results, and the rows written so far are kept."""
     started, t0 = now(), time.perf_counter()
+    ident = dict(experiment=experiment, stage=stage, trial_id=trial_id, attempt=attempt, spec_hash=spec_hash,
+                 started=started)
     setup = None
     try:
         setup = build_setup(cfg)
         check_trial(cfg, setup)
     except Exception as e:  # a configuration the core refuses: an errored result with its reason
-        row = trial_row(cfg, setup, status="errored", error=f"configuration: {type(e).__name__}: {e}",
-                        trial_id=trial_id, experiment=experiment, stage=stage, attempt=attempt, spec_hash=spec_hash,
-                        started=started, meta_steps=0, wall=time.perf_counter() - t0, curves=[])
+        row = trial_row(cfg, **ident, status="errored", error=f"configuration: {type(e).__name__}: {e}",
+                        meta_steps=0, wall_seconds=time.perf_counter() - t0, device=resolve_device(cfg.device))
         return TrialResult("errored", row, curve_columns([]), {}, [])
     torch.manual_seed(cfg.seed)
     state = state or init_state(setup, cfg.seed)
@@ -197,13 +172,13 @@ def run_trial(cfg: TrialConfig, *, trial_id: str, experiment: str = "train", sta
         if status == "completed":
             eval_cols = _evaluation(cfg, setup, state)
             phase = "CKA"
-            if cfg.cka_tasks > 0:
+            if cfg.cka_tasks > 0 and hasattr(setup.learner, "trajectory"):  # learners that adapt parameters
                 cka_cols = _cka(cfg, setup, state)
     except Exception as e:  # a result to record, not a crash of the sweep
         status, error = "errored", _failure(phase, e)
-    row = trial_row(cfg, setup, status=status, error=error, trial_id=trial_id, experiment=experiment, stage=stage,
-                    attempt=attempt, spec_hash=spec_hash, started=started, meta_steps=state.step,
-                    wall=state.extra.get("wall_seconds", time.perf_counter() - t0), curves=state.curves)
+    final_val = state.curves[-1]["val_loss"] if state.curves else None
+    row = trial_row(cfg, **ident, setup=setup, status=status, error=error or None, meta_steps=state.step,
+                    wall_seconds=state.extra.get("wall_seconds", time.perf_counter() - t0), final_val_loss=final_val)
     summary = summarize(eval_cols) if eval_cols else []
     return TrialResult(status, row, curve_columns(state.curves), eval_cols, summary, cka_cols)
 
@@ -227,30 +202,34 @@ def _cka(cfg: TrialConfig, setup: Setup, state: TrainState) -> dict:
     return {**cols, "split": [cfg.eval_split] * n, "eval_seed": [cfg.eval_seed] * n, "shots": [cfg.train_shots] * n}
 
 
-def trial_row(cfg: TrialConfig, setup: Setup | None, *, status: str, error: str, trial_id: str, experiment: str,
-              stage: str, attempt: int, spec_hash: str, started, meta_steps: int, wall: float, curves: list) -> dict:
-    """The trials row of one attempt, for every status. Hyper-parameters the learner does not read
-    are NULL (a learner without masks reads no temperature); `hparams` holds every one it reads."""
+def learner_facts(cfg: TrialConfig, setup: Setup | None = None) -> tuple[str, bool, dict, dict | None]:
+    """(learner_kind, inner_loop, {name: value} of the hyper-parameters the learner reads, its switches)
+    of a trial, from its learner (the setup's, else the registry's). A learner the registry refuses
+    (the trial errors on it) is recorded as a gradient learner given alpha, beta, inner steps and
+    meta-batch."""
     learner = setup.learner if setup is not None else None
-    reads = learner.reads() if learner is not None else ("alpha", "beta", "inner_steps", "meta_batch")
-    values = {**{k: getattr(cfg, k) for k in ("alpha", "beta", "temperature", "inner_steps", "meta_batch",
-                                              "mask_eval", "zeta_init")}, **cfg.extra_hparams}
-    hparams = {k: values[k] for k in reads if k in values}
-    final_val = curves[-1]["val_loss"] if curves else None
-    return {
-        "experiment": experiment, "stage": stage, "trial_id": trial_id, "attempt": attempt,
-        "variant": cfg.variant, "learner_kind": learner.kind if learner else None,
-        "inner_loop": learner.inner_loop if learner else None,
-        "variant_switches": json.dumps(learner.switches(), sort_keys=True) if learner else None,
-        "task_family": cfg.task, "task_options": json.dumps(cfg.task_options, sort_keys=True),
-        "train_shots": cfg.train_shots, "seed": cfg.seed,
-        **{k: hparams.get(k) for k in ("alpha", "beta", "temperature", "inner_steps", "meta_batch", "mask_eval")},
-        "hparams": json.dumps(hparams, sort_keys=True), "hp_source": cfg.hp_source,
-        "hp_source_trial": cfg.hp_source_trial,
-        "config": json.dumps(cfg.to_dict(), sort_keys=True, default=str), "status": status, "error": error,
-        "meta_steps": meta_steps, "wall_seconds": wall,
-        "final_val_loss": final_val if final_val is not None and math.isfinite(final_val) else None,
-        "node": socket.gethostname(), "device": setup.device if setup else None,
-        "package_version": package_version(), "git_sha": git_sha(), "spec_hash": spec_hash,
-        "started_at": started, "ended_at": now(),
-    }
+    if learner is None:
+        try:
+            load_plugins(cfg.plugins)
+            learner = make_learner(cfg.variant, **cfg.variant_overrides)
+        except (ValueError, ImportError):
+            return "gradient", True, {k: cfg.hparam(k) for k in ("alpha", "beta", "inner_steps", "meta_batch")}, None
+    return learner.kind, learner.inner_loop, {k: cfg.hparam(k) for k in learner.reads()}, learner.switches()
+
+
+def trial_row(cfg: TrialConfig, *, experiment: str, stage: str, trial_id: str, attempt: int, spec_hash: str,
+              started, status: str, variant: str | None = None, setup: Setup | None = None, node: str | None = None,
+              **measured) -> dict:
+    """The trials row of one attempt of this trial, for every status, through the dataset's one
+    builder (analysis.rows.trial_row): the running rows and the final row differ only in what was
+    `measured` (meta_steps, wall_seconds, final_val_loss, error, device, ended_at). `variant`: the
+    spec's name (default the preset)."""
+    kind, inner_loop, hparams, switches = learner_facts(cfg, setup)
+    if setup is not None:
+        measured.setdefault("device", setup.device)
+    return build_row(
+        experiment=experiment, stage=stage, trial_id=trial_id, attempt=attempt, variant=variant or cfg.variant,
+        status=status, task_family=cfg.task, task_options=cfg.task_options, train_shots=cfg.train_shots,
+        seed=cfg.seed, learner_kind=kind, inner_loop=inner_loop, hparams=hparams, hp_source=cfg.hp_source,
+        hp_source_trial=cfg.hp_source_trial, variant_switches=switches, config=cfg.to_dict(), node=node,
+        spec_hash=spec_hash, started_at=started, **measured)

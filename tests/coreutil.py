@@ -12,3 +12,18 @@ def learner_params(model, variant, generator, dtype=torch.float32, hp=None, fami
     Meta-SGD's alpha as the variant asks)."""
     setup = Setup(family or Sine(), variant, hp or HParams(), model=model, dtype=dtype)
     return setup.learner.init(setup, generator)
+
+
+def central_fd(f, params, h=1e-6):
+    """Central finite differences of a scalar function of a params dict, one entry at a time."""
+    out = {}
+    for k, v in params.items():
+        gk = torch.zeros_like(v)
+        flat = gk.view(-1)
+        for i in range(v.numel()):
+            plus, minus = v.clone(), v.clone()
+            plus.view(-1)[i] += h
+            minus.view(-1)[i] -= h
+            flat[i] = (f({**params, k: plus}) - f({**params, k: minus})) / (2 * h)
+        out[k] = gk
+    return out

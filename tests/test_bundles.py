@@ -4,6 +4,7 @@ seeds, step sizes, Adam states, statuses and exact resume."""
 
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -155,11 +156,26 @@ def test_a_bundle_killed_and_resumed_continues_every_member_exactly(tmp_path, mo
             raise Lost
 
     members = [Member(s, init_state(s, seed)) for s, seed in zip(setups, [0, 1])]
+    reported_steps = []
+
+    def after(step):  # every member has reported at this step: the whole bundle's checkpoint
+        assert {m.state.curves[-1]["meta_step"] for m in members} == {step}
+        reported_steps.append(step)
+
     with pytest.raises(Lost):
-        train_bundle(members, STEPS, report_every=REPORT, val_tasks=4, mode=mode, on_report=checkpoint_then_die)
+        train_bundle(members, STEPS, report_every=REPORT, val_tasks=4, mode=mode, on_report=checkpoint_then_die,
+                     after_reports=after)
+    assert reported_steps == []  # lost inside the step-6 reports, before the bundle's checkpoint
     resumed = [Member(s, state_from_bytes(s, saved[i])) for i, s in enumerate(setups)]
+    resumed_steps = []
+
+    def after_resumed(step):
+        resumed_steps.append(step)
+
     assert [m.state.step for m in resumed] == [REPORT, REPORT]
-    assert train_bundle(resumed, STEPS, report_every=REPORT, val_tasks=4, mode=mode) == ["completed", "completed"]
+    assert train_bundle(resumed, STEPS, report_every=REPORT, val_tasks=4, mode=mode,
+                        after_reports=after_resumed) == ["completed", "completed"]
+    assert resumed_steps == [2 * REPORT]
     for a, b in zip(full, resumed):
         assert_same(a.state, b.state, exact=True)
 
@@ -183,3 +199,59 @@ def test_what_cannot_be_bundled_is_a_clear_error():
     with pytest.raises(ValueError, match="bundle mode must be one of fold, vmap, loop"):
         check_bundle([sine("maml")], mode="stack")
     check_bundle([sine("maml"), sine("maml", inner_steps=2)], mode="loop")  # loop mode runs anything
+
+
+@pytest.mark.parametrize("preset", ["protonet", "matching", "relation", "siamese"])
+def test_other_learner_families_bundle_too(preset):
+    """Bundles read the learner protocol only: metric-based learners (vmap mode; they do not fold) equal
+    their configurations alone, and loop mode is exact."""
+    from metasweep.core.registry import make_learner
+
+    size = 28 if preset == "relation" else 8  # the relation module pools maps of at least 4x4
+    fam = SyntheticImages(ways=2, channels=1, size=size)
+    net = ConvNet(1, size, 3, 2, 4 if preset == "relation" else 2, "stride", "mean")
+    learner = make_learner(preset)
+    setups = [Setup(fam, learner, HParams(beta=b, meta_batch=2), net, train_shots=1, queries=2, engine="vmap")
+              for b in (1e-3, 3e-3)]
+    with pytest.raises(ValueError, match="cannot be folded"):
+        check_bundle(setups, mode="fold")
+    for mode, exact in (("vmap", False), ("loop", True)):
+        statuses, members = bundle(setups, [0, 1], mode)
+        assert statuses == ["completed", "completed"]
+        for s, seed, m in zip(setups, [0, 1], members):
+            _, st = alone(s, seed)
+            before_bn = {k for k in st.params if k.endswith(".b") and f"{k[:-2]}.gamma" in st.params}  # see above
+            assert_same(st, m.state, exact=exact, rtol=1e-4, atol=1e-5, skip=() if exact else before_bn)
+
+
+@pytest.mark.parametrize("name", ["maml", "mt-net", "mt-net-full", "meta-sgd", "anil"])
+def test_members_are_evaluated_in_one_pass_as_each_alone(name):
+    """evaluate_members folds the members (own parameters, own alpha and c) into the task dimension on
+    the shared evaluation tasks: each member's rows equal its own evaluate to float rounding."""
+    from metasweep.core.evaluate import evaluate, evaluate_members
+
+    setups = [sine(name, alpha=a, temperature=c) for a, c in ((0.01, 1.0), (0.3, 0.5), (0.05, 2.0))]
+    params = [init_state(s, seed).params for s, seed in zip(setups, (0, 1, 2))]
+    together = evaluate_members(setups, params, n_tasks=30, shots=(5, 10), steps=(0, 1, 3))
+    for s, p, rows in zip(setups, params, together):
+        alone_rows = evaluate(s, p, n_tasks=30, shots=(5, 10), steps=(0, 1, 3))
+        for col in ("task_index", "shots", "inner_steps"):
+            assert (rows[col] == alone_rows[col]).all()
+        np.testing.assert_allclose(rows["loss"], alone_rows["loss"], rtol=1e-5, atol=1e-6)
+
+
+def test_conv_and_nil_members_are_evaluated_in_one_pass():
+    from metasweep.core.evaluate import evaluate, evaluate_members
+    from metasweep.core.registry import make_learner
+
+    fam = SyntheticImages(ways=2, channels=1, size=8)
+    net = ConvNet(1, 8, 3, 2, 2, "stride", "mean")
+    for learner in (get_variant("mt-net"), make_learner("maml", eval_head="nil")):
+        setups = [Setup(fam, learner, HParams(alpha=a, meta_batch=2), net, train_shots=1, queries=2)
+                  for a in (0.4, 0.1)]
+        params = [init_state(s, seed).params for s, seed in zip(setups, (0, 1))]
+        together = evaluate_members(setups, params, n_tasks=8, shots=(1, 2), steps=(0, 2))
+        for s, p, rows in zip(setups, params, together):
+            alone_rows = evaluate(s, p, n_tasks=8, shots=(1, 2), steps=(0, 2))
+            np.testing.assert_allclose(rows["loss"], alone_rows["loss"], rtol=1e-4, atol=1e-5)
+            np.testing.assert_array_equal(rows["accuracy"], alone_rows["accuracy"])

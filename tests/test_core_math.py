@@ -3,7 +3,7 @@
 
 import pytest
 import torch
-from coreutil import learner_params
+from coreutil import central_fd, learner_params
 from torch.func import grad
 
 from metasweep.core import PRESETS, HParams, VariantError, get_variant
@@ -207,20 +207,6 @@ def test_meta_sgd_has_one_alpha_per_adapted_parameter_and_it_gets_gradient(float
 
 
 # ---------------------------------------------------------------- meta-gradients
-
-
-def central_fd(f, params, h=1e-6):
-    out = {}
-    for k, v in params.items():
-        gk = torch.zeros_like(v)
-        flat = gk.view(-1)
-        for i in range(v.numel()):
-            plus, minus = v.clone(), v.clone()
-            plus.view(-1)[i] += h
-            minus.view(-1)[i] -= h
-            flat[i] = (f({**params, k: plus}) - f({**params, k: minus})) / (2 * h)
-        out[k] = gk
-    return out
 
 
 @pytest.mark.parametrize("name", [n for n, v in PRESETS.items() if v.outer == "maml" and v.order == "second"])

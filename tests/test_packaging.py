@@ -1,5 +1,6 @@
 """The wheel installs one package, `metasweep`, with core/sweeps/analysis as its subpackages."""
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -9,8 +10,12 @@ ROOT = Path(__file__).parents[1]
 
 
 def test_wheel_holds_only_the_metasweep_package(tmp_path):
+    # built from a clean copy: setuptools reuses a build/ folder, which can hide a package missing from the list
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", "build", "*.egg-info", "__pycache__", "results",
+                                                             "runs", ".shim", ".venv"))
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
-                        str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300)
+                        str(tmp_path), str(src)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     (wheel,) = tmp_path.glob("metasweep-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
@@ -18,6 +23,13 @@ def test_wheel_holds_only_the_metasweep_package(tmp_path):
     for module in ("core/adapt.py", "core/tasks/regression.py", "core/learners/base.py", "core/learners/blackbox/mann.py",
                    "sweeps/cli.py", "analysis/store.py", "sweeps/specs/quickstart.yaml"):
         assert f"metasweep/{module}" in names
+    # every module of the three source folders, sub-packages included (a package left out of
+    # pyproject's list once made a wheel without the learners)
+    sources = {f"metasweep/{p.relative_to(ROOT).as_posix()}" for folder in ("core", "sweeps", "analysis")
+               for p in (ROOT / folder).rglob("*.py") if "__pycache__" not in p.parts}
+    assert sources and not sources - set(names), sorted(sources - set(names))
+    shipped = {f"metasweep/{p.relative_to(ROOT).as_posix()}" for p in (ROOT / "sweeps" / "specs").glob("*.yaml")}
+    assert not shipped - set(names), sorted(shipped - set(names))
     entry = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "metasweep = metasweep.sweeps.cli:main" in entry
 

@@ -14,6 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from metasweep.analysis import plots
+from metasweep.analysis.figures import alpha as alpha_figure
+from metasweep.analysis.figures import curves as curves_figure
+from metasweep.analysis.figures import masks as masks_figure
+from metasweep.analysis.figures.common import Context
 from metasweep.analysis.query import connect, query_table
 from metasweep.analysis.store import write_trial
 
@@ -203,8 +207,8 @@ def test_alpha_plot_marks_diverged_points(alpha_grid, tmp_path):
     r = metasweep("plot", alpha_grid, "--kind", "alpha", "-o", str(out))
     assert r.returncode == 0, r.stderr
     assert_real_png(out)
-    ctx = plots._Context(connect(alpha_grid), alpha_grid, "grid")
-    fig = plots._alpha(ctx, "loss")
+    ctx = Context(connect(alpha_grid), alpha_grid, "grid")
+    fig = alpha_figure.figure(ctx, "loss")
     panels = fig.axes
     assert len(panels) == 2 * 2  # (1 and 5 inner steps) x (5 and 10 shots)
     for ax in panels:
@@ -220,8 +224,8 @@ def test_alpha_plot_marks_diverged_points(alpha_grid, tmp_path):
 
 
 def test_alpha_plot_points_are_mean_and_ci_over_tasks(alpha_grid):
-    ctx = plots._Context(connect(alpha_grid), alpha_grid, "grid")
-    fig = plots._alpha(ctx, "loss")
+    ctx = Context(connect(alpha_grid), alpha_grid, "grid")
+    fig = alpha_figure.figure(ctx, "loss")
     ax = fig.axes[0]  # 5-shot, 1 inner step
     assert ax.get_title() == "5-shot, 1 inner step"
     con = connect(alpha_grid)
@@ -258,8 +262,8 @@ def test_mask_fraction_plot_groups_by_polynomial_order(poly_masks, tmp_path):
     r = metasweep("plot", root, "--kind", "mask-fraction", "-o", str(out))
     assert r.returncode == 0, r.stderr
     assert_real_png(out)
-    ctx = plots._Context(connect(root), root, "grid")
-    fig = plots._mask_fraction(ctx, "loss")
+    ctx = Context(connect(root), root, "grid")
+    fig = masks_figure.figure(ctx, "loss")
     ax = fig.axes[0]
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert labels == ["order 0 (2 trial(s))", "order 1 (2 trial(s))", "order 2 (2 trial(s))"]
@@ -284,8 +288,8 @@ def test_curves_and_ranks_on_a_grid(alpha_grid, tmp_path):
     out = tmp_path / "curves.png"
     assert plots.make_plot(alpha_grid, "curves", str(out)) == str(out)
     assert_real_png(out)
-    ctx = plots._Context(connect(alpha_grid), alpha_grid, "grid")
-    fig = plots._curves(ctx, "loss")
+    ctx = Context(connect(alpha_grid), alpha_grid, "grid")
+    fig = curves_figure.figure(ctx, "loss")
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert "maml alpha=0.001, 2 seed(s)" in labels and "mt-net alpha=1, 2 seed(s) (2 diverged)" in labels
     # maml at alpha 1.0 has a non-finite cell in every setting: it ranks last there (not dropped)
@@ -313,3 +317,38 @@ def test_connect_with_some_tables_keeps_the_latest_committed_attempt_only(tmp_pa
     assert part.sql("select count(*) from trials").fetchall() == [(1,)]
     with pytest.raises(ValueError, match="unknown table"):
         connect(root, ("runs",))
+
+
+def test_plot_and_rank_name_every_trial_alike(tmp_path):
+    """One owner of labels: alphas that agree to 3 digits are two rows in `rank` and two curves in
+    `plot` (plot merged them into one), named the same way."""
+    from metasweep.analysis.ranking import compute_ranking
+
+    root = str(tmp_path / "close")
+    for a in (0.01001, 0.01002):
+        for seed in (0, 1):
+            write_trial(root, trial_row(f"g-{a}-{seed}", "maml", seed, alpha=a), curves(), evals({5: np.ones(4) + a}))
+    r = compute_ranking(root)
+    assert r.variants == ["maml alpha=0.01001", "maml alpha=0.01002"]
+    ctx = Context(connect(root), root)
+    assert ctx.series() == r.variants
+    legend = [t.get_text() for t in curves_figure.figure(ctx, "loss").axes[0].get_legend().get_texts()]
+    assert legend == ["maml alpha=0.01001, 2 seed(s)", "maml alpha=0.01002, 2 seed(s)"]
+
+
+def test_plot_series_of_a_tuned_stage_are_variants_per_train_shots(tmp_path):
+    """A test stage tuned per (variant, train shots) cell: one curve per variant and train shots,
+    never one per tuned alpha."""
+    root = str(tmp_path / "tuned")
+    for v in ("maml", "t-net"):
+        for k, a in ((5, 0.0123), (10, 0.0456)):
+            for seed in (0, 1):
+                row = trial_row(f"t-{v}-{k}-{seed}", v, seed, stage="test", alpha=a * (2 if v == "t-net" else 1))
+                row.update(train_shots=k, hp_source="tuned")
+                write_trial(root, row, curves(), evals({5: np.ones(4)}))
+    ctx = Context(connect(root), root)
+    assert ctx.stage == "test"
+    assert ctx.series() == ["maml (train 5-shot)", "maml (train 10-shot)", "t-net (train 5-shot)",
+                            "t-net (train 10-shot)"]
+    legend = [t.get_text() for t in curves_figure.figure(ctx, "loss").axes[0].get_legend().get_texts()]
+    assert legend == [f"{s}, 2 seed(s)" for s in ctx.series()]

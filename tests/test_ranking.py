@@ -13,8 +13,10 @@ import pytest
 from scipy import stats as st
 
 from metasweep.analysis import ranking as rk
+from metasweep.analysis import render as rk_render
 from metasweep.analysis import stats
-from metasweep.analysis.ranking import compute_ranking, render
+from metasweep.analysis.ranking import compute_ranking
+from metasweep.analysis.render import print_ranking, render
 from metasweep.analysis.store import write_trial
 
 SHOTS = (5, 10)
@@ -207,7 +209,7 @@ def test_non_finite_eval_losses_are_diverged_cells_ranked_last(shift_ds):
     from rich.console import Console
 
     buf = io.StringIO()
-    rk.print_ranking(r, Console(file=buf, width=200))
+    print_ranking(r, Console(file=buf, width=200))
     assert "diverged (7/200 tasks)" in buf.getvalue()
     assert "diverged (7/200 tasks)" in render(r, "markdown")
 
@@ -292,16 +294,16 @@ def test_seed_bootstrap_normal_shortcut_agrees_with_the_exact_one():
     rng = np.random.default_rng(3)
     mat = rng.lognormal(0.0, 0.5, size=(4, 6000)) + rng.normal(0, 0.05, size=(4, 1))
     exact = stats.bootstrap_seed_ci(list(mat), n_boot=1000, rng=0)[1:]
-    fast = rk._seed_ci(mat, n_boot=1000, rng=0, exact_limit=0)
+    fast = rk.seed_interval(mat, n_boot=1000, rng=0, exact_limit=0)
     width = exact[1] - exact[0]
     assert fast[0] == pytest.approx(exact[0], abs=0.1 * width)
     assert fast[1] == pytest.approx(exact[1], abs=0.1 * width)
-    assert rk._seed_ci(mat, n_boot=1000, rng=0, exact_limit=10**9) == pytest.approx(exact, rel=1e-12)
+    assert rk.seed_interval(mat, n_boot=1000, rng=0, exact_limit=10**9) == pytest.approx(exact, rel=1e-12)
     # the default switches at EXACT_BOOT_DRAWS: 600 tasks x 4 seeds is exact, 6000 x 4 is not
     small = mat[:, :600]
-    assert rk._seed_ci(small) == pytest.approx(stats.bootstrap_seed_ci(list(small), n_boot=1000, rng=0)[1:],
+    assert rk.seed_interval(small) == pytest.approx(stats.bootstrap_seed_ci(list(small), n_boot=1000, rng=0)[1:],
                                                rel=1e-12)
-    assert rk._seed_ci(mat) == pytest.approx(fast, rel=1e-12)
+    assert rk.seed_interval(mat) == pytest.approx(fast, rel=1e-12)
 
 
 def assert_same_ranking(a, b):
@@ -384,3 +386,240 @@ def test_rank_cli_missing_experiment_is_one_line(tmp_path):
     assert "Traceback" not in r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "no results dataset here" in lines[0]
+
+
+# ------------------------------------------------------------------------------------------ rows are variants
+
+
+def built_row(tid, variant, seed, *, stage="test", train_shots=10, hparams=None, hp_source="tuned", hp_trial=None,
+              learner_kind="gradient", inner_loop=True, status="completed"):
+    """A trials row through the store's one builder (as every writer makes them)."""
+    from metasweep.analysis.store import trial_row as build
+
+    hparams = hparams or {"alpha": 0.01, "beta": 0.001, "inner_steps": 1, "meta_batch": 25}
+    return build(experiment="synth", stage=stage, trial_id=tid, attempt=0, variant=variant, status=status,
+                 task_family="sine", train_shots=train_shots, seed=seed, learner_kind=learner_kind,
+                 inner_loop=inner_loop, hparams=hparams, hp_source=hp_source, hp_source_trial=hp_trial,
+                 config={**hparams, "meta_steps": 100}, meta_steps=100, device="cpu")
+
+
+TRAIN = (5, 10)
+
+
+def tuned_hp(v, k):
+    """Each (variant, train shots) cell's own tuned alpha and beta, as a tune stage leaves them."""
+    i = list(SHIFT).index(v)
+    hp = {"alpha": round(0.004 * (i + 1) * k / 5 + 0.0013, 6), "beta": 0.001 * (i + 1), "inner_steps": 1,
+          "meta_batch": 25}
+    return {**hp, "temperature": 0.5 + 0.1 * k, "mask_eval": "sample"} if v == "mt-net" else hp
+
+
+def write_tuned_test_stage(root, sources=None, n_tasks=60):
+    """A tune + test experiment with train_shots [5, 10]: every cell has its own tuned alpha/beta
+    (issue 11 case 6). `sources` overrides a cell's hp_source. Returns the expected matrices
+    {(variant, train, eval shots): [seeds, tasks]}."""
+    rng = np.random.default_rng(7)
+    task = {s: rng.gamma(2.0, 1.0, n_tasks) * (5 / s) for s in SHOTS}
+    expected = {}
+    for v, shift in SHIFT.items():
+        for k in TRAIN:
+            source = (sources or {}).get((v, k), "tuned")
+            for j in range(2):  # the tune stage's trials (never ranked with the test stage)
+                hp = {**tuned_hp(v, k), "alpha": 0.05 * (j + 1)}
+                write_trial(root, built_row(f"tune-{v}-k{k}-{j}", v, 0, stage="tune", train_shots=k, hparams=hp,
+                                            hp_source=None), curve_cols(), {})
+            for seed in SEEDS:
+                losses = {s: task[s] * (1 - 0.02 * k) + shift + 0.1 * rng.standard_normal(n_tasks) for s in SHOTS}
+                for s in SHOTS:
+                    expected.setdefault((v, k, s), []).append(losses[s])
+                write_trial(root, built_row(f"test-{v}-k{k}-s{seed}", v, seed, train_shots=k, hparams=tuned_hp(v, k),
+                                            hp_source=source, hp_trial=f"tune-{v}-k{k}-0" if source == "tuned" else None),
+                            curve_cols(), eval_cols(losses))
+    return {key: np.stack(m) for key, m in expected.items()}
+
+
+@pytest.fixture(scope="module")
+def tuned_ds(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("tuned") / "tuned")
+    return root, write_tuned_test_stage(root)
+
+
+def test_a_tuned_stage_with_several_train_shots_ranks_one_row_per_variant(tuned_ds):
+    """Issue 11 case 6: each cell's own tuned alpha/beta must not split its variant into rows."""
+    root, exp = tuned_ds
+    r = compute_ranking(root)
+    assert r.variants == ["maml", "mt-net", "t-net"]
+    assert r.settings == [(5, 5), (5, 10), (10, 5), (10, 10)]
+    for (v, k, s), mat in exp.items():
+        c = r.cells[(v, (k, s))]
+        assert (c.n_seeds, c.n_tasks) == (3, 60) and c.mean == pytest.approx(mat.mean(), rel=1e-12)
+    assert set(r.avg_rank) == {"maml", "mt-net", "t-net"} and r.avg_rank["maml"] == 3.0
+    assert r.friedman and r.friedman["n_settings"] == 4
+    assert r.baseline == "maml" and len(r.paired) == 4 * 2
+    for p in r.paired:
+        k, s = p["setting"]
+        d = exp[(p["variant"], k, s)].mean(axis=0) - exp[("maml", k, s)].mean(axis=0)
+        assert p["baseline"] == "maml" and p["mean_diff"] == pytest.approx(d.mean(), rel=1e-12)
+    header, body = rk_render.table_rows(r)
+    assert header == ["variant", "train 5 / eval 5-shot", "train 5 / eval 10-shot", "train 10 / eval 5-shot",
+                      "train 10 / eval 10-shot", "avg rank", "seeds"]
+    assert [row[-1] for row in body] == ["3/3", "3/3", "3/3"]
+
+
+def test_the_tuned_hyper_parameters_are_a_table_of_their_own(tuned_ds):
+    root, _ = tuned_ds
+    r = compute_ranking(root)
+    header, body, common = rk_render.config_rows(r)
+    assert header == ["variant", "train shots", "source", "alpha", "beta", "temperature", "mask_eval", "from trial"]
+    assert common == "hyper-parameters the same in every cell: inner_steps=1, meta_batch=25"
+    got = {(row[0], int(row[1])): row for row in body}
+    assert sorted(got) == [(v, k) for v in ("maml", "mt-net", "t-net") for k in TRAIN]
+    for (v, k), row in got.items():
+        hp = tuned_hp(v, k)
+        assert row[2] == "tuned" and row[-1] == f"tune-{v}-k{k}-0"
+        assert float(row[3]) == pytest.approx(hp["alpha"], rel=1e-3) and float(row[4]) == pytest.approx(hp["beta"])
+        assert (row[5] != "-") == (v == "mt-net")  # the temperature of the masked variant only
+    rows = list(csv.DictReader(io.StringIO(render(r, "csv"))))
+    assert len(rows) == 3 * 4
+    for row in rows:
+        assert json.loads(row["hparams"]) == tuned_hp(row["variant"], int(row["train_shots"]))
+        assert row["hp_source"] == "tuned" and row["note"] == ""
+    md = render(r, "markdown")
+    assert "| variant | train shots | source | alpha | beta | temperature | mask_eval | from trial |" in md
+
+
+def test_rank_cli_on_a_tuned_stage_with_several_train_shots(tuned_ds):
+    root, _ = tuned_ds
+    out = metasweep("rank", root)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    rows = [ln.split("│")[1].strip() for ln in lines if ln.startswith("│") and "±" in ln]
+    assert rows == ["maml", "mt-net", "t-net"]  # no `maml alpha=...` rows
+    assert "paired tests against maml" in out.stdout and "hyper-parameters per (variant, train shots) cell" in out.stdout
+    assert "Friedman test over 4 settings" in " ".join(out.stdout.split())
+
+
+@pytest.fixture(scope="module")
+def grid_ds(tmp_path_factory):
+    """A grid over alpha x variants x train shots [5, 10]: mt-net also reads a temperature."""
+    root = str(tmp_path_factory.mktemp("grid2") / "grid")
+    rng = np.random.default_rng(11)
+    task = rng.gamma(2.0, 1.0, 40)
+    for v, shift in SHIFT.items():
+        for a in (0.01, 0.1):
+            for k in TRAIN:
+                hp = {"alpha": a, "beta": 0.001, "inner_steps": 1, "meta_batch": 25}
+                if v == "mt-net":
+                    hp.update(temperature=1.0, mask_eval="sample")
+                for seed in (0, 1):
+                    losses = {5: task + shift - 3 * a + 0.05 * rng.standard_normal(40)}
+                    write_trial(root, built_row(f"grid-{v}-{a}-k{k}-{seed}", v, seed, stage="grid", train_shots=k,
+                                                hparams=hp, hp_source="grid"), curve_cols(), eval_cols(losses))
+    return root
+
+
+def test_grid_rows_keep_their_grid_values_and_meet_the_baseline_at_the_same_point(grid_ds):
+    from metasweep.analysis.query import connect
+
+    r = compute_ranking(grid_ds)
+    assert r.variants == [f"{v} alpha={a}" for v in ("maml", "mt-net", "t-net") for a in (0.01, 0.1)]
+    assert r.settings == [(5, 5), (10, 5)] and r.configs == []
+    con = connect(grid_ds)
+    for setting in r.settings:
+        tests = [p for p in r.paired if p["setting"] == setting]
+        assert sorted((p["variant"], p["baseline"]) for p in tests) == [
+            (f"{v} alpha={a}", f"maml alpha={a}") for v in ("mt-net", "t-net") for a in (0.01, 0.1)]
+        per_task = {}
+        for label in r.variants:
+            v, a = label.split(" alpha=")
+            per_task[label] = np.array(con.sql(
+                f"""select avg(e.loss) from eval_tasks e join trials t using (trial_id, attempt)
+                    where t.variant = '{v}' and t.alpha = {a} and t.train_shots = {setting[0]}
+                    group by e.task_index order by e.task_index""").fetchall())[:, 0]
+        raw = [stats.paired_test(per_task[p["variant"]], per_task[p["baseline"]]) for p in tests]
+        for p, want, holm in zip(tests, raw, holm_by_hand([w["p_wilcoxon"] for w in raw])):
+            assert p["mean_diff"] == pytest.approx(want["mean_diff"], rel=1e-12)
+            assert p["p_holm"] == pytest.approx(holm, rel=1e-9)
+    text = render(r, "markdown")
+    assert "| setting | variant | baseline row | Δ vs maml |" in text and "| maml alpha=0.1 |" in text
+
+
+def test_no_baseline_at_a_grid_point_is_a_note_not_a_wrong_comparison(tmp_path):
+    root = str(tmp_path / "g")
+    rng = np.random.default_rng(2)
+    for v, a in (("maml", 0.1), ("t-net", 0.01), ("t-net", 0.1)):
+        for seed in (0, 1):
+            hp = {"alpha": a, "beta": 0.001, "inner_steps": 1, "meta_batch": 25}
+            write_trial(root, built_row(f"{v}-{a}-{seed}", v, seed, stage="grid", hparams=hp, hp_source="grid"),
+                        curve_cols(), eval_cols({5: rng.normal(size=20)}))
+    r = compute_ranking(root)
+    assert r.variants == ["maml", "t-net alpha=0.01", "t-net alpha=0.1"]
+    assert [(p["variant"], p["baseline"]) for p in r.paired] == [("t-net alpha=0.1", "maml")]
+    assert "no maml row at the same grid point as t-net alpha=0.01: no paired test for them" in r.notes
+
+
+# ------------------------------------------------------------------------------------------ learners without an inner loop
+
+
+def test_a_learner_without_inner_loop_is_ranked_at_every_inner_step_count(tmp_path):
+    """A Prototypical Network has only inner_steps = 0 rows: it is ranked beside MAML at 1 and at 5
+    steps with those rows, with a note; never dropped."""
+    root = str(tmp_path / "proto")
+    rng = np.random.default_rng(4)
+    task = rng.gamma(2.0, 1.0, 50)
+    proto_hp = {"beta": 0.001, "meta_batch": 25, "distance": "euclidean"}
+    proto = {}
+    for seed in (0, 1):
+        maml = {(5, st): task / (1 + st) + 0.05 * rng.standard_normal(50) for st in (0, 1, 5)}
+        write_trial(root, built_row(f"maml-{seed}", "maml", seed), curve_cols(), eval_cols(maml))
+        proto[seed] = task * 0.4 + 0.05 * rng.standard_normal(50)
+        write_trial(root, built_row(f"proto-{seed}", "protonet", seed, hparams=proto_hp, learner_kind="metric",
+                                    inner_loop=False), curve_cols(), eval_cols({(5, 0): proto[seed]}))
+    want = (proto[0] + proto[1]) / 2
+    for steps in (None, 5, 0):
+        r = compute_ranking(root, inner_steps=steps)
+        assert r.variants == ["maml", "protonet"] and r.inner_steps == (steps if steps is not None else 1)
+        assert r.cells[("protonet", (10, 5))].mean == pytest.approx(want.mean(), rel=1e-12)
+        assert len(r.paired) == 1 and r.paired[0]["variant"] == "protonet"
+        note = "protonet: no inner loop; its inner_steps = 0 rows stand for every number of inner steps"
+        assert (note in r.notes) == (r.inner_steps > 0)
+    with pytest.raises(ValueError, match=r"available: \[0, 1, 5\]"):
+        compute_ranking(root, inner_steps=2)
+    header, body, _ = rk_render.config_rows(compute_ranking(root))
+    assert "distance" in header and {row[0]: row[header.index("alpha")] for row in body} == {"maml": "0.01",
+                                                                                           "protonet": "-"}
+
+
+# ------------------------------------------------------------------------------------------ untuned cells (case 2)
+
+
+def test_a_cell_that_ran_untuned_is_a_note_in_every_format(tmp_path):
+    """Issue 11 case 2: a cell whose tune stage had no finite result ran on the defaults; every
+    ranking format says so."""
+    root = str(tmp_path / "fallback")
+    write_tuned_test_stage(root, sources={("mt-net", 10): "fallback"}, n_tasks=20)
+    r = compute_ranking(root)
+    note = "mt-net (train 10-shot) ran on the spec's defaults: its tune stage had no finite result"
+    assert note in r.notes and sum("spec's defaults" in n for n in r.notes) == 1
+    assert f"- {note}" in render(r, "markdown")
+    tex = render(r, "latex")
+    assert f"% note: {note}" in tex and "Note: mt-net (train 10-shot) ran on the spec's defaults" in tex.split(r"\caption{")[1]
+    rows = list(csv.DictReader(io.StringIO(render(r, "csv"))))
+    assert {(row["variant"], row["train_shots"]) for row in rows if row["note"]} == {("mt-net", "10")}
+    assert {row["note"] for row in rows if row["note"]} == {note}
+    assert {row["hp_source"] for row in rows if row["variant"] == "mt-net" and row["train_shots"] == "10"} == {"fallback"}
+    out = metasweep("rank", root)
+    assert out.returncode == 0 and f"note: {note}" in out.stdout
+    header, body, _ = rk_render.config_rows(r)
+    assert [row[2] for row in body if row[:2] == ["mt-net", "10"]] == ["fallback"]
+
+
+def test_a_stage_run_entirely_on_defaults_says_so_once(tmp_path):
+    root = str(tmp_path / "defaults")
+    write_tuned_test_stage(root, sources={(v, k): "defaults" for v in SHIFT for k in TRAIN}, n_tasks=20)
+    r = compute_ranking(root)
+    note = "every variant ran on the spec's defaults: there was no tune stage"
+    assert [n for n in r.notes if "defaults" in n] == [note]
+    rows = list(csv.DictReader(io.StringIO(render(r, "csv"))))
+    assert all(row["note"].endswith("ran on the spec's defaults: there was no tune stage") for row in rows)
+    assert note in render(r, "latex") and f"- {note}" in render(r, "markdown")

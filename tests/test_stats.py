@@ -308,10 +308,12 @@ def test_bootstrap_contains_mean_and_is_deterministic():
 
 
 def test_bootstrap_weights_seeds_equally():
-    seeds = [np.zeros(10), np.ones(1000)]
-    point, lo, hi = bootstrap_seed_ci(seeds, n_boot=500)
+    seeds = [np.zeros(10), np.ones(1000)]  # seeds that met different tasks
+    point, lo, hi = bootstrap_seed_ci(seeds, n_boot=500, shared_tasks=False)
     assert point == pytest.approx(0.5)  # pooling the tasks would give ~0.99
     assert lo == pytest.approx(0.0) and hi == pytest.approx(1.0)
+    with pytest.raises(ValueError, match=r"same tasks, but the seeds have \[10, 1000\] tasks"):
+        bootstrap_seed_ci(seeds)
 
 
 def test_bootstrap_shrinks_with_more_seeds():
@@ -328,12 +330,16 @@ def test_bootstrap_seed_level_width_matches_theory():
 
 
 def test_bootstrap_identical_seeds_is_narrow_but_keeps_task_noise():
-    # identical seeds: only tasks vary, resampled independently in each of the S seed slots
+    # identical seeds that met their own tasks: only tasks vary, resampled independently per seed slot
     x = np.random.default_rng(4).normal(0, 1, 200)
-    _, lo, hi = bootstrap_seed_ci([x] * 8)
+    _, lo, hi = bootstrap_seed_ci([x] * 8, shared_tasks=False)
     assert hi - lo == pytest.approx(2 * 1.96 * x.std() / math.sqrt(200 * 8), rel=0.15)
-    _, lo_d, hi_d = bootstrap_seed_ci(_seeds(np.linspace(-1, 1, 8)))
+    _, lo_d, hi_d = bootstrap_seed_ci(_seeds(np.linspace(-1, 1, 8)), shared_tasks=False)
     assert hi - lo < 0.2 * (hi_d - lo_d)
+    # identical seeds on the same tasks are one seed 8 times: the task noise of 200 tasks, not of 1600
+    _, lo_s, hi_s = bootstrap_seed_ci([x] * 8)
+    assert hi_s - lo_s == pytest.approx(2 * 1.96 * x.std() / math.sqrt(200), rel=0.15)
+    assert (lo_s, hi_s) == pytest.approx(bootstrap_seed_ci([x], rng=0)[1:], abs=0.15 * (hi_s - lo_s))
 
 
 def test_bootstrap_chunking_does_not_change_the_distribution(monkeypatch):
@@ -342,6 +348,56 @@ def test_bootstrap_chunking_does_not_change_the_distribution(monkeypatch):
     monkeypatch.setattr(stats, "_CHUNK_ELEMS", 1000)  # 3 rows per chunk
     _, lo_c, hi_c = bootstrap_seed_ci(seeds, rng=1)
     assert lo_c == pytest.approx(lo, abs=0.1 * (hi - lo)) and hi_c == pytest.approx(hi, abs=0.1 * (hi - lo))
+
+
+def _shared_task_datasets(n_sims, n_seeds, n_tasks, sd_seed, sd_task, sd_noise, rng=123):
+    """x[s, t] = a_s + b_t + e_st with a ~ N(0, sd_seed²), b ~ N(0, sd_task²), e ~ N(0, sd_noise²):
+    every seed meets the same tasks (b shared), the true mean is 0."""
+    g = np.random.default_rng(rng)
+    for _ in range(n_sims):
+        yield (sd_seed * g.standard_normal((n_seeds, 1)) + sd_task * g.standard_normal((1, n_tasks))
+               + sd_noise * g.standard_normal((n_seeds, n_tasks)))
+
+
+def _coverage(datasets, **kw) -> float:
+    """Fraction of the datasets whose 95% interval contains the true mean 0."""
+    hits = []
+    for k, x in enumerate(datasets):
+        _, lo, hi = bootstrap_seed_ci(x, n_boot=500, rng=k, **kw)
+        hits.append(lo <= 0.0 <= hi)
+    return float(np.mean(hits))
+
+
+# 8 seeds x 40 shared tasks, task variance dominating: Var(grand mean) = 0.3²/8 + 1/40 + 0.5²/320.
+# The percentile bootstrap's variance is (S-1)/S and (n-1)/n of that, so its 95% interval covers
+# ~0.943 of the time (z = 1.96·0.972); over 1000 simulations the coverage's sd is 0.0073, so
+# [0.92, 0.97] leaves >= 3 sd on both sides. Resampling tasks per seed (the old bootstrap) covers ~0.77.
+SHARED = dict(n_sims=1000, n_seeds=8, n_tasks=40, sd_seed=0.3, sd_task=1.0, sd_noise=0.5)
+
+
+def test_bootstrap_covers_95_percent_when_seeds_share_their_tasks():
+    assert 0.92 <= _coverage(_shared_task_datasets(**SHARED)) <= 0.97
+    # the same data bootstrapped as if each seed had its own tasks: far too narrow
+    assert _coverage(_shared_task_datasets(**SHARED), shared_tasks=False) < 0.85
+
+
+def test_bootstrap_normal_task_level_covers_95_percent_too():
+    """The fast path (task level from its normal limit) on the same simulation, and on one where
+    seeds are many and tasks few: ~0.95 both (0.951 and 0.949 here)."""
+    assert 0.92 <= _coverage(_shared_task_datasets(**SHARED), task_level="normal") <= 0.97
+    many_seeds = dict(SHARED, n_sims=400, n_seeds=30, n_tasks=60)  # sd of the coverage 0.011
+    assert 0.91 <= _coverage(_shared_task_datasets(**many_seeds), task_level="normal") <= 0.98
+
+
+def test_bootstrap_normal_task_level_follows_the_exact_one():
+    x = next(_shared_task_datasets(1, 6, 3000, 0.2, 1.0, 0.5, rng=9))
+    exact = bootstrap_seed_ci(x, n_boot=2000, rng=3)
+    normal = bootstrap_seed_ci(x, n_boot=2000, rng=3, task_level="normal")
+    width = exact[2] - exact[1]
+    assert normal[0] == exact[0]
+    assert normal[1:] == pytest.approx(exact[1:], abs=0.05 * width)
+    with pytest.raises(ValueError, match="shared tasks only"):
+        bootstrap_seed_ci(x, task_level="normal", shared_tasks=False)
 
 
 def test_bootstrap_rejects_nan():

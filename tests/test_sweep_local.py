@@ -41,7 +41,9 @@ def test_quickstart_shaped_sweep_writes_every_row_and_prints_a_ranking(tmp_path)
         best = min((t for t in tune_rows if t["variant"] == v), key=lambda t: t["final_val_loss"])
         for t in (t for t in test_rows if t["variant"] == v):
             assert (t["alpha"], t["beta"]) == (best["alpha"], best["beta"])
+            assert (t["hp_source"], t["hp_source_trial"]) == ("tuned", best["trial_id"])  # where the config came from
         assert sorted(t["seed"] for t in test_rows if t["variant"] == v) == [0, 1]
+    assert {t["hp_source"] for t in tune_rows} == {None}  # drawn by the search
     # the temperature is searched for the masked variant only
     assert {t["temperature"] is None for t in tune_rows if t["variant"] != "mt-net"} == {True}
     assert all(0.5 <= t["temperature"] <= 2.0 for t in tune_rows if t["variant"] == "mt-net")
@@ -68,6 +70,7 @@ storage: res
     trials = read_dataset(str(tmp_path / "res" / "div"))["trials"].to_pylist()
     by_alpha = {t["alpha"]: t["status"] for t in trials}
     assert by_alpha == {0.01: "completed", 1.0e25: "diverged"}
+    assert {t["hp_source"] for t in trials} == {"grid"}
     assert "diverged" in r.stdout  # the ranking notes it instead of averaging it in
 
 
@@ -115,6 +118,12 @@ storage: res
     statuses = {t["status"] for t in trials}
     assert statuses <= {"completed", "stopped_early"} and "stopped_early" in statuses and "completed" in statuses
     steps = {t["trial_id"]: t["meta_steps"] for t in trials}
+    # a stopped trial's row (its last running row, marked) has every column a completed trial's has
+    done = next(t for t in trials if t["status"] == "completed")
+    for t in trials:
+        assert {k for k, v in t.items() if v is not None} == {k for k, v in done.items() if v is not None}, t
+        assert t["temperature"] is None and t["device"] == "cpu" and t["git_sha"] and t["variant_switches"]
+        assert t["learner_kind"] == "gradient" and '"alpha"' in t["hparams"]
     for t in trials:
         curve = [c["meta_step"] for c in ds["curves"].to_pylist() if c["trial_id"] == t["trial_id"]]
         assert curve == list(range(10, steps[t["trial_id"]] + 1, 10))  # the curve up to where it stopped

@@ -2,7 +2,9 @@
 
 Built in: the gradient-based family (every row of the variant table in core.variants: MAML,
 FOMAML, Reptile, Meta-SGD, ANIL, T-net, M-net, M-net-full, MT-net, MT-net-full), with the NIL
-cosine readout as its `eval_head: nil` switch.
+cosine readout as its `eval_head: nil` switch; the metric-based family (kind "metric", switch
+`network`): Prototypical, Matching, Relation and Siamese networks (core.learners.metric), with the
+papers' settings as presets (each class's PRESETS).
 """
 
 from __future__ import annotations
@@ -14,7 +16,12 @@ from ..variants import PRESETS as VARIANT_TABLE
 from ..variants import Variant
 from .base import Learner, LearnerBase
 from .gradient import GradientLearner
+from .matching import MatchingNetwork
+from .metric import MetricLearner, make_metric_learner, metric_kind_switches
+from .protonet import PrototypicalNetwork
 from .readout import CosineReadout
+from .relation import RelationNetwork
+from .siamese import SiameseNetwork
 
 
 def make_gradient_learner(name: str, **switches):
@@ -31,6 +38,16 @@ register_learner_kind("gradient", make_gradient_learner,
 for _v in VARIANT_TABLE.values():
     register_preset(_v.name, "gradient", **{k: x for k, x in _v.as_dict().items() if k != "name"})
 
+
+METRIC_NETWORKS = (PrototypicalNetwork, MatchingNetwork, RelationNetwork, SiameseNetwork)
+register_learner_kind("metric", make_metric_learner, switches=metric_kind_switches(METRIC_NETWORKS),
+                      doc="metric-based meta-learners: Prototypical, Matching, Relation, Siamese networks "
+                          "(switch `network`; core.learners.metric)")
+for _cls in METRIC_NETWORKS:
+    for _preset, _switches in _cls.PRESETS.items():
+        register_preset(_preset, "metric", network=_cls.network, **_switches)
+
 from . import blackbox  # noqa: E402,F401  (registers the black-box learners: mann, snail, metanet, meta-lstm, cnp)
 
-__all__ = ["Learner", "LearnerBase", "GradientLearner", "CosineReadout", "make_gradient_learner"]
+__all__ = ["Learner", "LearnerBase", "GradientLearner", "CosineReadout", "make_gradient_learner", "MetricLearner",
+           "PrototypicalNetwork", "MatchingNetwork", "RelationNetwork", "SiameseNetwork", "make_metric_learner"]

@@ -50,8 +50,9 @@ class CosineReadout:
         return CosineReadout(self.base.with_frozen(cells))
 
     def outputs(self, setup, params: Params, x_support, y_support, x_query, noise: dict, *, steps: int,
-                every_step: bool, mask_mode: str = "sample", batched: bool = False) -> list[torch.Tensor]:
+                every_step: bool, mask_mode: str = "sample", batched: bool = False,
+                task_params: bool = False) -> list[torch.Tensor]:
         model, ways = setup.model, setup.family.output_dim
         fast = self.base.trajectory(setup, params, x_support, y_support, noise, steps=steps, every_step=every_step,
-                                    mask_mode=mask_mode, batched=batched)
+                                    mask_mode=mask_mode, batched=batched, task_params=task_params)
         return [nil_scores(model.features(f, x_support), y_support, model.features(f, x_query), ways) for f in fast]

@@ -31,7 +31,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -230,6 +230,13 @@ class ImageFamily(FamilyBase):
         if split not in memo:
             memo[split] = self._split(split)
         return memo[split]
+
+    def with_ways(self, ways: int):
+        """The same family with `ways` classes per episode, sharing the decoded splits (e.g. a
+        Prototypical Network's training episodes with more ways than at test)."""
+        other = replace(self, ways=ways)
+        other.__dict__["_memo"] = self.__dict__.setdefault("_memo", {})
+        return other
 
     def check(self) -> None:
         """Load (and cache) every split now, so that a bad layout fails before training."""

@@ -29,8 +29,17 @@ def _query_then_support(g, f, x_range, max_shots: int, queries: int) -> Batch:
     return Batch(xs.float(), f(xs).float(), xq.float(), f(xq).float())
 
 
+class RegressionFamily(FamilyBase):
+    """What the regression families share: scalar inputs and targets, MSE, the dense net."""
+
+    loss = "mse"
+    model = "dense"
+    input_shape = (1,)
+    output_dim = 1
+
+
 @dataclass(frozen=True)
-class Sine(FamilyBase):
+class Sine(RegressionFamily):
     """y = A sin(w x + b), A ~ U[0.1, 5], w ~ U[0.8, 1.2], b ~ U[0, pi], x ~ U[-5, 5] (section 6.1)."""
 
     amplitude: tuple[float, float] = (0.1, 5.0)
@@ -38,10 +47,6 @@ class Sine(FamilyBase):
     phase: tuple[float, float] = (0.0, math.pi)
     x_range: tuple[float, float] = (-5.0, 5.0)
     name = "sine"
-    loss = "mse"
-    model = "dense"
-    input_shape = (1,)
-    output_dim = 1
 
     def _draw(self, g: torch.Generator, n_tasks: int):
         a = _uniform(g, (n_tasks, 1, 1), *self.amplitude)
@@ -57,7 +62,7 @@ class Sine(FamilyBase):
 
 
 @dataclass(frozen=True)
-class Polynomial(FamilyBase):
+class Polynomial(RegressionFamily):
     """y = sum_i c_i x^i for i <= order (section 6.3): c_i ~ U[-1, 1] * coef_decay**i.
 
     The paper states c_i ~ U[-1, 1] (coef_decay=1); the authors' code divides c_i by 2^i
@@ -69,10 +74,6 @@ class Polynomial(FamilyBase):
     coef_decay: float = 1.0
     x_range: tuple[float, float] = (-2.0, 2.0)
     name = "polynomial"
-    loss = "mse"
-    model = "dense"
-    input_shape = (1,)
-    output_dim = 1
 
     def __post_init__(self) -> None:
         if int(self.order) != self.order or self.order < 0:

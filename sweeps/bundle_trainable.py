@@ -1,0 +1,95 @@
+"""The function Ray Tune runs for a bundle of trials (one Tune trial, several metasweep trials).
+
+Like `metasweep_trainable` for one trial: it reports every K meta-steps with one checkpoint holding
+every member's exact state (and status), restarts exactly from `tune.get_checkpoint()` after a lost
+node, and writes each member's Parquet rows itself under the member's own trial id - a member's rows
+are those it would have written as a trial of its own (sweeps/bundle_trial.py).
+
+config: {"meta": {...as metasweep_trainable's...}, "members": [{"trial": TrialConfig dict,
+"trial_id": str, "variant": spec name}, ...]}.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+
+import torch
+from ray import tune
+
+from metasweep.analysis.store import write_trial
+from metasweep.core.state import load_state
+
+from .bundle_trial import run_bundle
+from .trainable import row_of
+from .trial import TrialConfig, build_setup, curve_columns, resolve_device
+from .trial import now as utc_now
+
+STATUS_FILE = "members.json"
+
+
+def _member_file(i: int) -> str:
+    return f"member{i}.pt"
+
+
+def _restore(cfgs: list[TrialConfig]):
+    """(states, statuses, attempts) from the bundle's last checkpoint, or fresh (None, None, zeros)."""
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return None, None, [0] * len(cfgs)
+    with checkpoint.as_directory() as d:
+        with open(os.path.join(d, STATUS_FILE)) as f:
+            saved = json.load(f)
+        states = [load_state(build_setup(c), os.path.join(d, _member_file(i))) if saved["statuses"][i] else None
+                  for i, c in enumerate(cfgs)]
+    return states, [s or "running" for s in saved["statuses"]], [a + 1 for a in saved["attempts"]]
+
+
+def metasweep_bundle_trainable(config: dict) -> None:
+    meta, specs = config["meta"], config["members"]
+    cfgs = [TrialConfig.from_dict(m["trial"]) for m in specs]
+    ids = [m["trial_id"] for m in specs]
+    torch.set_num_threads(max(1, int(meta.get("cpus", 1))))
+    uri = meta["results_uri"]
+    states, statuses, attempts = _restore(cfgs)
+    started = utc_now()
+    live: dict[int, object] = {}  # member index -> Member (known from its first report)
+
+    def member_meta(i: int) -> dict:
+        return {**meta, "variant": specs[i]["variant"]}
+
+    def on_report(i, member, row):
+        live[i] = member
+        st = member.state
+        st.extra["attempt"] = attempts[i]
+        running = row_of(cfgs[i], member_meta(i), ids[i], attempts[i], started, status="running",
+                         meta_steps=st.step, wall_seconds=st.extra.get("wall_seconds"),
+                         final_val_loss=row["val_loss"], ended_at=utc_now(), device=resolve_device(cfgs[i].device))
+        write_trial(uri, running, curve_columns(st.curves), {})
+
+    def after_reports(step):
+        with tempfile.TemporaryDirectory() as d:
+            for i, m in live.items():
+                m.state.save(os.path.join(d, _member_file(i)))
+            with open(os.path.join(d, STATUS_FILE), "w") as f:
+                json.dump({"statuses": [live[i].status if i in live else None for i in range(len(cfgs))],
+                           "attempts": attempts}, f)
+            vals = {ids[i]: m.state.curves[-1]["val_loss"] for i, m in live.items()}
+            finite = [v for v in vals.values() if math.isfinite(v)]
+            tune.report({"meta_step": step, "val_loss": min(finite) if finite else float("inf"), "members": vals},
+                        checkpoint=tune.Checkpoint.from_directory(d))
+
+    results = run_bundle(cfgs, trial_ids=ids, experiment=meta["experiment"], stage=meta["stage"], attempts=attempts,
+                         spec_hash=meta["spec_hash"], states=states, statuses=statuses,
+                         mode=meta.get("bundle_mode", "auto"), on_report=on_report, after_reports=after_reports)
+    final = {}
+    for i, r in enumerate(results):
+        row = row_of(cfgs[i], member_meta(i), ids[i], attempts[i], started, status=r.status,
+                     device=r.trial_row.get("device"), error=r.trial_row.get("error"),
+                     meta_steps=r.trial_row.get("meta_steps") or 0, wall_seconds=r.trial_row.get("wall_seconds"),
+                     final_val_loss=r.trial_row.get("final_val_loss"), ended_at=r.trial_row.get("ended_at"))
+        write_trial(uri, row, r.curves, r.eval_tasks, extra={"cka": r.cka})
+        final[ids[i]] = {"status": r.status, "val_loss": row["final_val_loss"]}
+    tune.report({"done_rows": True, "members": final})
