@@ -442,6 +442,16 @@ def test_a_range_draws_reproducible_shot_counts_covering_it():
     assert not graphs_apply(setup)  # shapes vary: no CUDA graph
 
 
+@pytest.mark.parametrize("preset", ["protonet", "snail", "maml"])
+def test_learners_with_their_own_training_batches_draw_the_range_too(preset):
+    family = SyntheticImages(ways=3, size=8)
+    setup = Setup(family, registry.make_learner(preset), HParams(meta_batch=2), train_shots=2, queries=2,
+                  train_shots_range=(1, 3))
+    g = torch.Generator().manual_seed(0)
+    sizes = {setup.learner.train_batch(setup, g).x_support.shape[1] for _ in range(30)}
+    assert sizes == {3, 6, 9}  # 1..3 shots x 3 ways
+
+
 def test_snail_receptive_field_covers_the_longest_training_sequence():
     plain = tiny_setup("snail", shots=10)
     ranged = Setup(Sine(), plain.learner, plain.hp, plain.model, train_shots=10, queries=3, dtype=D,

@@ -112,14 +112,18 @@ class PrototypicalNetwork(MetricLearner):
             raise ValueError(f"learner {self.name!r}: train_ways needs a task family with a `ways` option "
                              f"({setup.family.name} has none); set train_ways: 0")
         try:
-            self.training_family(setup).check_episode("train", setup.train_shots, self.training_queries(setup))
+            from ..setup import max_train_shots
+
+            self.training_family(setup).check_episode("train", max_train_shots(setup), self.training_queries(setup))
         except ValueError as e:
             raise ValueError(f"learner {self.name!r}: training episodes of train_ways={self.training_ways(setup)}, "
                              f"train shots {setup.train_shots}, train_queries={self.training_queries(setup)} do not "
                              f"fit: {e}") from None
 
     def train_batch(self, setup, generator: torch.Generator):
-        return self.training_family(setup).sample(generator, setup.hp.meta_batch, setup.train_shots,
+        from ..setup import draw_train_shots
+
+        return self.training_family(setup).sample(generator, setup.hp.meta_batch, draw_train_shots(setup, generator),
                                                   self.training_queries(setup))
 
     def logits(self, setup, params: Params, x_support, y_support, x_query, ways: int) -> torch.Tensor:

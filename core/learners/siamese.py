@@ -94,7 +94,9 @@ class SiameseNetwork(MetricLearner):
                 "siamese.b": 0.5 + 0.01 * torch.randn(1, generator=generator, dtype=torch.float64)}
 
     def train_batch(self, setup, generator: torch.Generator) -> Batch:
-        episodes = setup.family.sample(generator, setup.hp.meta_batch, setup.train_shots, setup.queries)
+        from ..setup import draw_train_shots
+
+        episodes = setup.family.sample(generator, setup.hp.meta_batch, draw_train_shots(setup, generator), setup.queries)
         pairs = verification_pairs(episodes, self.ways(setup), generator)
         if self.distortions:
             pairs = Batch(distort(pairs.x_support, generator), pairs.y_support, distort(pairs.x_query, generator),
