@@ -1,0 +1,128 @@
+"""The tune stage in bundles: Optuna's batched ask/tell behind one Ray Tune trial per bundle, and
+ASHA's rungs applied to each member inside its bundle.
+
+`BundleSearch` is a Tune searcher whose every suggestion is a bundle: it asks the Optuna study for
+up to B configurations at once (TPE with the constant-liar strategy, so that the B asks of one
+bundle spread out instead of repeating the same guess), and when the bundle ends it tells the study
+each member's result (its final meta-validation loss; FAIL for an errored or diverged member, PRUNED
+for one stopped at a rung). The study stays the one source of truth of the tune stage: it is the
+same persistent study (sqlite) that optuna-dashboard opens, one Optuna trial per member.
+
+`Rungs` is asynchronous successive halving (ASHA) as Ray Tune's ASHAScheduler applies it to whole
+trials, applied to members: at each rung (reports grace_period * eta^k), a member whose
+meta-validation loss is above the 1/eta quantile of the losses already recorded at that rung stops
+(`stopped_early`, its curve kept). It lives in a named Ray actor shared by every bundle of a cell (any
+node reaches it); a driver restarted by `resume` starts with empty rungs, which only makes the next
+decisions more lenient.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from ray.tune.search import Searcher
+
+
+def member_id(stage: str, cell: str, number: int) -> str:
+    """The trial id of the tune stage's Optuna trial `number` of `cell` (bundled or not alike)."""
+    return f"{stage}-{cell}-n{number:04d}"
+
+
+class BundleSearch(Searcher):
+    """space: {name: (low, high, log)}; `size` members per bundle; `total` Optuna trials in all."""
+
+    def __init__(self, space: dict, size: int, total: int, *, study_name: str, storage_url: str, sampler_seed: int,
+                 stage: str, cell: str, metric: str = "val_loss", mode: str = "min"):
+        super().__init__(metric=metric, mode=mode)
+        self.space, self.size, self.total = dict(space), int(size), int(total)
+        self.study_name, self.storage_url, self.sampler_seed = study_name, storage_url, sampler_seed
+        self.stage, self.cell = stage, cell
+        self.asked = 0
+        self.pending: dict[str, list[int]] = {}  # Tune trial id -> the Optuna trial numbers of its members
+        self._study = None
+
+    # the study (a database connection) is reopened after unpickling: Tune saves and restores searchers
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "_study"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._study = None
+
+    @property
+    def study(self):
+        if self._study is None:
+            import optuna
+
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
+            sampler = optuna.samplers.TPESampler(seed=self.sampler_seed, constant_liar=True)
+            self._study = optuna.create_study(study_name=self.study_name, storage=self.storage_url, sampler=sampler,
+                                              direction="minimize", load_if_exists=True)
+        return self._study
+
+    def distributions(self) -> dict:
+        from optuna.distributions import FloatDistribution
+
+        return {k: FloatDistribution(low, high, log=log) for k, (low, high, log) in self.space.items()}
+
+    def suggest(self, trial_id: str):
+        if self.asked >= self.total:
+            return Searcher.FINISHED
+        n = min(self.size, self.total - self.asked)
+        trials = [self.study.ask(self.distributions()) for _ in range(n)]
+        self.asked += n
+        self.pending[trial_id] = [t.number for t in trials]
+        return {"hps": [dict(t.params) for t in trials], "numbers": [t.number for t in trials]}
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        from optuna.trial import TrialState
+
+        members = (result or {}).get("members", {})
+        numbers = self.pending.pop(trial_id, [])
+        # told before a driver restart (Tune re-reports a trial that ended after its last snapshot): the
+        # study already holds the outcome
+        finished = {t.number for t in self.study.get_trials(deepcopy=False, states=(
+            TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED))}
+        for number in numbers:
+            if number in finished:
+                continue
+            r = members.get(member_id(self.stage, self.cell, number), {})
+            value = r.get("val_loss")
+            if r.get("status") == "completed" and value is not None and math.isfinite(value):
+                self.study.tell(number, value)
+            elif r.get("status") == "stopped_early":
+                self.study.tell(number, state=TrialState.PRUNED)
+            else:  # errored, diverged, or the whole bundle failed
+                self.study.tell(number, state=TrialState.FAIL)
+
+
+class Rungs:
+    """ASHA for members: milestones (in reports) grace_period * eta^k below max_reports."""
+
+    def __init__(self, grace_period: int, eta: float, max_reports: int):
+        self.eta = float(eta)
+        self.milestones = []
+        m = int(grace_period)
+        while m < max_reports:
+            self.milestones.append(m)
+            m = int(math.ceil(m * self.eta))
+        self.recorded: dict[int, dict[str, float]] = {m: {} for m in self.milestones}
+
+    def decide(self, key: str, report: int, loss: float) -> bool:
+        """True: stop member `key`, whose loss at its `report`-th report is worse than the 1/eta quantile
+        of the losses recorded at that rung (as Ray Tune's ASHA decides for a trial)."""
+        if report not in self.recorded:
+            return False
+        rec = self.recorded[report]
+        loss = loss if math.isfinite(loss) else float("inf")
+        stop = bool(rec) and loss > float(np.nanpercentile(list(rec.values()), 100.0 / self.eta))
+        rec[key] = loss
+        return stop
+
+
+def rung_actor(name: str, grace_period: int, eta: float, max_reports: int):
+    """The named Ray actor holding a cell's rungs (created once; bundles find it by name)."""
+    import ray
+
+    return ray.remote(num_cpus=0)(Rungs).options(name=name, get_if_exists=True).remote(grace_period, eta, max_reports)

@@ -1,0 +1,72 @@
+"""The tune stage's bundles: Optuna's batched ask/tell (one persistent study, one Optuna trial per
+member) and ASHA's rungs per member, decided as Ray Tune's ASHAScheduler decides for trials."""
+
+import pickle
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from metasweep.sweeps.bundle_search import BundleSearch, Rungs, member_id
+
+
+def search(tmp_path, total=5, size=2):
+    return BundleSearch({"alpha": (1e-3, 1.0, True), "beta": (1e-4, 1e-2, True)}, size, total,
+                        study_name="exp.maml-k10", storage_url=f"sqlite:///{tmp_path}/optuna.db", sampler_seed=0,
+                        stage="tune", cell="maml-k10")
+
+
+def test_each_bundle_asks_several_configurations_and_tells_each_members_result(tmp_path):
+    s = search(tmp_path)
+    first, second, third = s.suggest("t1"), s.suggest("t2"), s.suggest("t3")
+    assert [len(x["hps"]) for x in (first, second, third)] == [2, 2, 1]
+    assert s.suggest("t4") == BundleSearch.FINISHED
+    values = [h["alpha"] for x in (first, second, third) for h in x["hps"]]
+    assert len(set(values)) == 5 and all(1e-3 <= v <= 1.0 for v in values)
+    n0, n1 = first["numbers"]
+    s.on_trial_complete("t1", {"members": {member_id("tune", "maml-k10", n0): {"status": "completed", "val_loss": 0.5},
+                                           member_id("tune", "maml-k10", n1): {"status": "diverged",
+                                                                               "val_loss": None}}})
+    s.on_trial_complete("t2", {"members": {member_id("tune", "maml-k10", second["numbers"][0]):
+                                           {"status": "stopped_early", "val_loss": 2.0}}})
+    s.on_trial_complete("t3", error=True)
+    study = optuna.load_study(study_name="exp.maml-k10", storage=f"sqlite:///{tmp_path}/optuna.db")
+    states = {t.number: t.state for t in study.trials}
+    assert states[n0] == TrialState.COMPLETE and study.trials[n0].value == 0.5
+    assert states[n1] == TrialState.FAIL and states[second["numbers"][0]] == TrialState.PRUNED
+    assert states[second["numbers"][1]] == TrialState.FAIL  # no result for it: the bundle lost it
+    assert states[third["numbers"][0]] == TrialState.FAIL
+    assert study.best_trial.params == first["hps"][0]
+
+
+def test_the_searcher_survives_pickling_and_a_second_tell(tmp_path):
+    s = search(tmp_path, total=2)
+    x = s.suggest("t1")
+    restored = pickle.loads(pickle.dumps(s))  # what Tune does to save and restore a searcher
+    assert restored.pending == {"t1": x["numbers"]} and restored.suggest("t2") == BundleSearch.FINISHED
+    done = {member_id("tune", "maml-k10", n): {"status": "completed", "val_loss": 1.0} for n in x["numbers"]}
+    s.on_trial_complete("t1", {"members": done})
+    restored.on_trial_complete("t1", {"members": done})  # after a driver restart: already told, not an error
+
+
+def test_rungs_stop_members_as_ashas_trials():
+    r = Rungs(grace_period=1, eta=3, max_reports=10)
+    assert r.milestones == [1, 3, 9]
+    assert [r.decide(k, 1, v) for k, v in (("a", 1.0), ("b", 0.5), ("c", 2.0), ("d", 0.4))] == \
+        [False, False, True, False]  # c is above the 1/3 quantile of (1.0, 0.5); d below that of (1, .5, 2)
+    assert r.decide("e", 2, 100.0) is False  # not a rung
+    assert r.decide("f", 1, float("nan")) is True  # a non-finite loss is the worst
+
+
+@pytest.mark.parametrize("eta", [2, 3, 4])
+def test_rungs_agree_with_ray_tunes_asha_cutoff(eta):
+    """The cutoff is Ray Tune's: ASHA's _Bracket.cutoff on rewards (negated losses)."""
+    import numpy as np
+    from ray.tune.schedulers.async_hyperband import _Bracket
+
+    losses = [0.9, 0.3, 1.7, 0.8, 0.2, 1.1]
+    bracket = _Bracket(min_t=1, max_t=10, reduction_factor=eta, s=0)
+    rewards = {str(i): -v for i, v in enumerate(losses)}
+    ray_cut = -bracket.cutoff(rewards)
+    ours = float(np.nanpercentile(losses, 100.0 / eta))
+    assert ours == pytest.approx(ray_cut)
