@@ -40,7 +40,7 @@ MALFORMED = [
     (OK + "test: {seeds: [1, 1]}\n", "field test.seeds: must be a non-empty list of distinct integers"),
     (OK + "mode: grid\n", "mode grid needs a 'grid' mapping"),
     (OK + "mode: grid\ngrid: {lr: [0.1]}\n", "field grid: cannot grid over 'lr'"),
-    (OK + "mode: grid\ngrid: {alpha: [0.1, -1]}\n", "field grid: alpha: values must be positive finite numbers"),
+    (OK + "mode: grid\ngrid: {alpha: [0.1, -1]}\n", "field grid.alpha: must be a positive finite number (got -1)"),
     (OK + "grid: {alpha: [0.1]}\n", "'grid' only applies with mode: grid"),
     ("experiment: has space\nvariants: [maml]\n", "field experiment: String should match pattern"),
     ("experiment: x\nvariants: [maml\n", "not valid YAML at line"),
@@ -82,7 +82,9 @@ def test_a_shipped_spec_can_be_named_from_any_folder(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
-def test_shipped_specs_are_valid(path):
+def test_shipped_specs_are_valid(path, monkeypatch, tmp_path):
+    monkeypatch.setenv("OMNIGLOT_ROOT", str(tmp_path))  # the image specs read their data root from these
+    monkeypatch.setenv("MINIIMAGENET_ROOT", str(tmp_path))
     spec, _, _ = load_spec(path)
     assert cells(spec)
 
