@@ -101,7 +101,7 @@ def train_one(cfg, out_dir: Path):
     from metasweep.analysis.store import write_trial
     from metasweep.analysis.summary import summarize
 
-    from .trial import run_trial
+    from .trial import failure, run_trial
 
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console) as progress:
@@ -113,7 +113,11 @@ def train_one(cfg, out_dir: Path):
 
         result = run_trial(cfg, trial_id=f"{cfg.variant}-seed{cfg.seed}", experiment=out_dir.name, stage="single",
                            on_report=on_report)
-    write_trial(str(out_dir), result.trial_row, result.curves, result.eval_tasks, extra={"cka": result.cka})
+    try:
+        write_trial(str(out_dir), result.trial_row, result.curves, result.eval_tasks, extra={"cka": result.cka})
+    except Exception as e:  # rows it cannot write: the trial is errored, its row says why
+        result = errored(result, failure("writing", e))
+        write_trial(str(out_dir), result.trial_row, {}, {})
     console.print(f"status: [bold]{result.status}[/]  meta-steps: {result.trial_row['meta_steps']}  "
                   f"wall: {result.trial_row['wall_seconds']:.1f}s  device: {result.trial_row['device']}")
     if result.summary:
@@ -124,6 +128,16 @@ def train_one(cfg, out_dir: Path):
                           f"{where}: eval accuracy on {cfg.eval_tasks} meta-test tasks", "accuracy")
     console.print(f"results: {out_dir}/{{trials,curves,eval_tasks}}/")
     return result
+
+
+def errored(result, error: str):
+    """The trial's result as `errored` with `error` (its row rebuilt by the dataset's one builder)."""
+    from dataclasses import replace
+
+    from metasweep.analysis.rows import from_stored, trial_row
+
+    row = trial_row(**{**from_stored(result.trial_row), "status": "errored", "error": error})
+    return replace(result, status="errored", trial_row=row)
 
 
 @app.command()
