@@ -44,8 +44,8 @@ def sweep(spec_path: str, address: str | None = None, storage: str | None = None
                         f"or continue it with: metasweep resume {exp_uri}")
     manifest = read_manifest(exp_uri)
     manifest.setdefault("spec_base", spec_base(spec_path) or os.getcwd())
-    console.print(f"experiment [bold]{spec.experiment}[/] → {exp_uri}")
-    drive(spec, text, spec_hash, exp_uri, manifest, stage, address, f"spec {spec_path}")
+    drive(spec, text, spec_hash, exp_uri, manifest, stage, address, f"spec {spec_path}",
+          f"experiment [bold]{spec.experiment}[/] → {exp_uri}")
     return exp_uri
 
 
@@ -60,19 +60,20 @@ def resume(exp_uri: str, address: str | None = None, stage: str = "all") -> str:
         raise UserError(f"{exp_uri}: not an experiment folder (no spec.yaml); start one with metasweep sweep SPEC")
     manifest = read_manifest(exp_uri)
     spec, _, spec_hash = parse_spec(text, f"{exp_uri}/spec.yaml", base=manifest.get("spec_base"))
-    console.print(f"resuming experiment [bold]{spec.experiment}[/] at {exp_uri}")
-    drive(spec, text, spec_hash, exp_uri, manifest, stage, address, f"spec {exp_uri}/spec.yaml")
+    drive(spec, text, spec_hash, exp_uri, manifest, stage, address, f"spec {exp_uri}/spec.yaml",
+          f"resuming experiment [bold]{spec.experiment}[/] at {exp_uri}")
     return exp_uri
 
 
 def drive(spec: Spec, text: str, spec_hash: str, exp_uri: str, manifest: dict, stage: str, address: str | None,
-          source: str) -> None:
+          source: str, hello: str) -> None:
     """The lease first (a second driver exits at once), then the checks before any trial, then Ray."""
     check_free(exp_uri)
     try:
         preflight(spec, planned(spec, stage))
     except ConfigError as e:
         raise UserError(format_error(e, lambda loc: f"{source}, field {dotted(loc)}")) from None
+    console.print(hello)
     with Lease(exp_uri):
         set_aside_damaged(exp_uri)
         write_text(exp_uri, "spec.yaml", text)

@@ -122,4 +122,5 @@ def tune_error(trial) -> str:
         err = None
     text = str(err) if err is not None else "the trial's process failed"
     lines = [line for line in text.strip().splitlines() if line.strip()]
-    return f"trial process: {lines[-1] if lines else text} (Ray gave up after max_failures restarts)"
+    last = (lines[-1] if lines else text).split(". ")[0].rstrip(".")  # its first sentence
+    return f"trial process: {last} (Ray gave up after max_failures restarts)"

@@ -1,7 +1,7 @@
 """Learners that crash on purpose, in each part of a trial (tests of issue 11 case 4): MAML whose
 `outputs` raise (training fails), whose diagnostics cannot be written (a curve value of the wrong
-type: the write of the trial's rows fails), or whose process dies at its second report in every
-process (Ray restarts it from its checkpoint until max_failures, then gives up)."""
+type: the write of the trial's rows fails), or whose process dies at the second report of every
+attempt (Ray restarts it from its checkpoint until max_failures, then gives up)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from metasweep.core.learners.gradient import GradientLearner
 from metasweep.core.registry import register_learner_kind, register_preset
 from metasweep.core.variants import Variant
 
-_reports = [0]  # reports seen by this process
+_reports: dict[int, int] = {}  # reports seen by each trial attempt (its setup) in this process
 
 
 @dataclass(frozen=True)
@@ -29,8 +29,8 @@ class Crashy(GradientLearner):
         return super().outputs(*args, **kwargs)
 
     def diagnostics(self, setup, params) -> dict:
-        _reports[0] += 1
-        if self.crash == "exit" and _reports[0] >= 2:
+        _reports[id(setup)] = _reports.get(id(setup), 0) + 1
+        if self.crash == "exit" and _reports[id(setup)] >= 2:
             os._exit(3)
         if self.crash == "write":
             return {"mask_fraction": "not a number"}
