@@ -17,7 +17,7 @@ from .errors import UserError
 from .plan import Cell, inputs_hash, search_space, tune_inputs, tune_trial_base
 from .session import fit, tune_error
 from .spec import Spec
-from .study import exporting, make_searcher
+from .study import make_searcher, running_study
 from .trial import TrialConfig, resolve_device, trial_row
 
 console = make_console(stderr=True)
@@ -61,16 +61,16 @@ def run_tune_cell(run: Run, cell: Cell) -> None:
 
     def make():
         tune_config = tune.TuneConfig(
-            search_alg=make_searcher(space, spec.search.sampler_seed, label), scheduler=tuners.scheduler(spec),
-            metric="val_loss", mode="min", num_samples=spec.search.trials_per_variant,
-            max_concurrent_trials=spec.max_concurrent, reuse_actors=True)
+            search_alg=make_searcher(space, spec.search.sampler_seed, label, spec.max_concurrent),
+            scheduler=tuners.scheduler(spec), metric="val_loss", mode="min",
+            num_samples=spec.search.trials_per_variant, reuse_actors=True)
         return tuners.new_tuner(spec, run.exp_uri, name,
                                 {"trial": tune_trial_base(spec, cell).to_dict(), "meta": run.meta("tune", cell)},
                                 tune_config)
 
     console.print(f"[bold]{name}[/]: Optuna over {', '.join(space)} "
                   f"({spec.search.trials_per_variant} trials, meta-validation tasks)")
-    with exporting(run.exp_uri, label):
+    with running_study(run.exp_uri, label), tuners.located(run.exp_uri, label):
         trials = fit(tuner_for(run, name, make, "tune", [cell]), spec.search.trials_per_variant, name)
     settle(run, "tune", trials, {cell})
     fail_if_all_errored(run.exp_uri, "tune", [cell], name)
@@ -104,12 +104,16 @@ def run_fixed_stage(run: Run, stage: str, configs: list[tuple[Cell, TrialConfig]
     points = [{"trial": cfg.to_dict(), "meta": run.meta(stage, cell)} for cell in todo for cfg in by_cell[cell]]
     name = stage if len(todo) == len(by_cell) and not done else f"{stage}-{inputs_hash(sorted(c.name for c in todo))[:8]}"
 
+    label = f"{run.spec.experiment}.{name}"
+
     def make():
+        generator = tuners.grid(label, run.spec.max_concurrent)
         return tuners.new_tuner(run.spec, run.exp_uri, name, {"point": tune.grid_search(points)},
-                                tune.TuneConfig(max_concurrent_trials=run.spec.max_concurrent, reuse_actors=True))
+                                tune.TuneConfig(search_alg=generator, reuse_actors=True))
 
     console.print(f"[bold]{name}[/]: {len(points)} trials")
-    trials = fit(tuner_for(run, name, make, stage, todo), len(points), name)
+    with tuners.located(run.exp_uri, label):
+        trials = fit(tuner_for(run, name, make, stage, todo), len(points), name)
     settle(run, stage, trials, set(todo))
     fail_if_all_errored(run.exp_uri, stage, todo, name)
     run.manifest["cells"][stage] = "done"

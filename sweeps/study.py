@@ -6,39 +6,37 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
 
 from metasweep.analysis.store import resolve
 from metasweep.core.hparams import hparam_def
 
 from .experiment import is_local
-from .searcher import EXPORTERS, DefineByRun, ResumableOptunaSearch
+from .searcher import EXPORTERS, DefineByRun, RelocatableSearch, ResumableOptunaSearch
 
 DB = "optuna.db"
 
 
-def make_searcher(space: dict, sampler_seed: int, label: str) -> ResumableOptunaSearch:
-    """A TPE search over `space` ({name: Range}), its study in memory, labelled `label`."""
+def make_searcher(space: dict, sampler_seed: int, label: str, max_concurrent: int) -> RelocatableSearch:
+    """A TPE search over `space` ({name: Range}), its study in memory, labelled `label`, at most
+    `max_concurrent` trials at once."""
     import optuna
 
     define_by_run = DefineByRun({k: (r.low, r.high, r.log, hparam_def(k).kind == "int") for k, r in space.items()})
-    return ResumableOptunaSearch(space=define_by_run, metric="val_loss", mode="min", label=label,
-                                 sampler=optuna.samplers.TPESampler(seed=sampler_seed))
+    searcher = ResumableOptunaSearch(space=define_by_run, metric="val_loss", mode="min", label=label,
+                                     sampler=optuna.samplers.TPESampler(seed=sampler_seed))
+    return RelocatableSearch(searcher, max_concurrent)
 
 
-def exporting(exp_uri: str, label: str):
-    """Export the study labelled `label` to the experiment's optuna.db after every ended trial, for as
-    long as this driver runs it (a context: the exporter is removed after)."""
-    from contextlib import contextmanager
-
-    @contextmanager
-    def scope():
-        EXPORTERS[label] = lambda study: export_study(study, exp_uri, label)
-        try:
-            yield
-        finally:
-            EXPORTERS.pop(label, None)
-
-    return scope()
+@contextmanager
+def running_study(exp_uri: str, label: str):
+    """While this driver runs the study labelled `label`: export it to the experiment's optuna.db
+    after every ended trial."""
+    EXPORTERS[label] = lambda study: export_study(study, exp_uri, label)
+    try:
+        yield
+    finally:
+        EXPORTERS.pop(label, None)
 
 
 def export_study(study, exp_uri: str, name: str) -> None:

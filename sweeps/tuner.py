@@ -5,6 +5,7 @@ here knows a stage's meaning; `sweeps.stages` does."""
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 from metasweep.analysis.store import resolve
 
@@ -21,6 +22,29 @@ def storage_of(exp_uri: str, name: str = "") -> tuple[str, object | None]:
         return exp_uri + suffix, None
     fs, root = resolve(exp_uri)
     return root + suffix, fs
+
+
+@contextmanager
+def located(exp_uri: str, label: str):
+    """While this driver runs the Tuner whose search or grid is labelled `label`: where Tune's state of
+    the experiment is now ((pyarrow filesystem, path), as Ray resolves them), for a restored one."""
+    import pyarrow.fs as pafs
+
+    from .searcher import LOCATIONS
+
+    path, fs = storage_of(exp_uri)
+    LOCATIONS[label] = (fs or pafs.LocalFileSystem(), path)
+    try:
+        yield
+    finally:
+        LOCATIONS.pop(label, None)
+
+
+def grid(label: str, max_concurrent: int):
+    """The generator of a fixed stage's trials (a grid search over its points)."""
+    from .searcher import RelocatableGrid
+
+    return RelocatableGrid(label, max_concurrent)
 
 
 def trainable(spec: Spec, exp_uri: str):
