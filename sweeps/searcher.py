@@ -69,6 +69,9 @@ class RelocatableGrid(BasicVariantGenerator):
         super().set_state(state)
         for iterator in self._iterators:
             relocate(iterator.unresolved_spec, self.label)
+            pending = getattr(iterator.variants, "iterable", None)  # the grid points not yet made trials
+            for _, spec in pending if isinstance(pending, list) else ():
+                relocate(spec, self.label)
 
 
 class ResumableOptunaSearch(OptunaSearch):
