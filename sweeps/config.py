@@ -101,7 +101,20 @@ def _hparam(name: str):
 
 Count = Annotated[int, _at_least(1)]
 Index = Annotated[int, _at_least(0)]
+Counts = Annotated[list[int], AfterValidator(lambda v: _int_list(v, 1))]
+Steps = Annotated[list[int], AfterValidator(lambda v: _int_list(v, 0))]
 MaskEval = Literal[hparam_def("mask_eval").choices]
+
+
+def known(name: str, names: list[str], what: str, listed: str) -> str:
+    """`name` if the registry has it; else ValueError listing what it has."""
+    if name not in names:
+        raise ValueError(f"unknown {what} {name!r}; {listed}: {', '.join(names)}")
+    return name
+
+
+def _registered(names: Callable[[], list[str]], what: str, listed: str):
+    return AfterValidator(lambda name: known(name, names(), what, listed))
 
 
 def _int_list(values: list[int], minimum: int) -> list[int]:
@@ -137,16 +150,9 @@ class TaskSpec(Strict):
     """A task family of the registry and its options (the family's dataclass fields). Options that
     are paths (an image family's data_root, cache_dir) are resolved when the config is built."""
 
-    family: str = "sine"
+    family: Annotated[str, _registered(registry.family_names, "task family", "available")] = "sine"
     options: dict[str, int | float | str | list[int] | list[float]] = Field(default_factory=dict)
     queries: Count = 10
-
-    @field_validator("family")
-    @classmethod
-    def _family(cls, v):
-        if v not in registry.family_names():
-            raise ValueError(f"unknown task family {v!r}; available: {', '.join(registry.family_names())}")
-        return v
 
     @field_validator("options")
     @classmethod
@@ -201,15 +207,8 @@ class VariantSpec(Strict):
     (e.g. a metric learner's train_ways) or strings."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
-    preset: str
+    preset: Annotated[str, _registered(registry.preset_names, "preset", "presets")]
     switches: dict[str, bool | int | str] = Field(default_factory=dict)
-
-    @field_validator("preset")
-    @classmethod
-    def _preset(cls, v):
-        if v not in registry.preset_names():
-            raise ValueError(f"unknown preset {v!r}; presets: {', '.join(registry.preset_names())}")
-        return v
 
     @field_validator("switches")
     @classmethod
@@ -240,24 +239,14 @@ class Budget(Strict):
 
 
 class EvalSpec(Strict):
-    shots: list[int] = Field(default_factory=lambda: [5, 10, 20])
-    inner_steps: list[int] = Field(default_factory=lambda: [1, 10])
+    shots: Counts = Field(default_factory=lambda: [5, 10, 20])
+    inner_steps: Steps = Field(default_factory=lambda: [1, 10])  # 0 = before adaptation
     tasks: Count = 600
     seed: Index = 1
     val_tasks: Count = 100
     val_seed: Index = 0
     mask_eval: MaskEval = hp_default("mask_eval")
     cka_tasks: Index = 0  # per-layer CKA/SVCCA before/after the inner loop on that many tasks (table cka)
-
-    @field_validator("shots")
-    @classmethod
-    def _shots(cls, v):
-        return _int_list(v, 1)
-
-    @field_validator("inner_steps")
-    @classmethod
-    def _steps(cls, v):
-        return _int_list(v, 0)
 
 
 # hyper-parameters with a home of their own in the config (not in `defaults:`)
@@ -274,7 +263,7 @@ class RunSpec(Strict):
     task: TaskSpec = TaskSpec()
     model: ModelSpec = ModelSpec()
     variants: list[VariantSpec]
-    train_shots: list[int] = Field(default_factory=lambda: [10])
+    train_shots: Counts = Field(default_factory=lambda: [10])
     budget: Budget = Budget()
     eval: EvalSpec = EvalSpec()
     defaults: dict[str, float | int | str] = Field(default_factory=dict)
@@ -306,11 +295,6 @@ class RunSpec(Strict):
         if len(set(names)) != len(names):
             raise ValueError(f"variant names must be unique (got {names})")
         return v
-
-    @field_validator("train_shots")
-    @classmethod
-    def _train_shots(cls, v):
-        return _int_list(v, 1)
 
     @field_validator("defaults")
     @classmethod
