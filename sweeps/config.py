@@ -151,7 +151,7 @@ class TaskSpec(Strict):
     are paths (an image family's data_root, cache_dir) are resolved when the config is built."""
 
     family: Annotated[str, _registered(registry.family_names, "task family", "available")] = "sine"
-    options: dict[str, int | float | str | list[int] | list[float]] = Field(default_factory=dict)
+    options: dict[str, int | float | str | list[int] | list[float]] = Field(default_factory=dict, validate_default=True)
     queries: Count = 10
 
     @field_validator("options")
