@@ -47,7 +47,7 @@ def reproduction_spec(name: str, scale: str, seeds: list[int] | None, out: Path)
         raise UserError(f"--scale: must be smoke or full (got {scale!r})")
     data = yaml.safe_load((SPECS / f"{name}.yaml").read_text())
     data["experiment"] = f"{name}-{scale}"
-    data["storage"] = str(out / "results")
+    data["storage"] = "results"  # beside the spec file, which is written into `out`
     data.pop("scheduler", None)
     if scale == "smoke":
         for section, values in SMOKE.items():

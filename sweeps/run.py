@@ -133,7 +133,8 @@ def run_experiment(run: Run, stage: str = "all") -> dict:
                 write_manifest(run.exp_uri, manifest)
             manifest["best"] = best_configs(spec, run.exp_uri)
             print_best(spec, manifest["best"])
-            check_untuned(spec, run.exp_uri, manifest, manifest["best"])
+            if stage == "tune":  # else the test stage checks (and says) it
+                check_untuned(spec, run.exp_uri, manifest, manifest["best"])
         if stage in ("test", "all"):
             run_test_stage(run)
         return manifest
@@ -150,8 +151,8 @@ def run_test_stage(run: Run) -> None:
     best = best_configs(spec, run.exp_uri) if tuned else {}
     check_untuned(spec, run.exp_uri, manifest, best)
     if not tuned:
-        defaults = ", ".join(f"{k}={spec.hparam_default(k)}" for k in spec.read_by_any() if k in ("alpha", "beta")
-                             or k in spec.defaults)
+        searched = {h for v in spec.variant_names() for h in spec.learner(v).searched()}
+        defaults = ", ".join(f"{k}={spec.hparam_default(k)}" for k in spec.read_by_any() if k in searched)
         console.print(f"test: no tune results; every variant uses the spec's defaults ({defaults})", markup=False)
     configs = stage_test_configs(spec, best, hp_sources(spec, manifest, best))
     run_fixed_stage(run, "test", configs)

@@ -278,3 +278,31 @@ def test_a_stage_run_with_other_inputs_runs_again_and_says_so(ray_local, tmp_pat
     (Path(exp) / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(UserError, match="stage tune-maml-k5 ran with other inputs"):
         sweep_of(tmp_path, SINE.format(name="inputs"))
+
+
+# ------------------------------------------------------------------------------------------ case 8: the lease
+
+
+def test_a_lease_names_its_holder_and_is_broken_only_when_its_driver_is_gone(tmp_path):
+    """A driver elsewhere with a fresh heartbeat holds the experiment; one whose heartbeat is old, or
+    one on this host whose process is gone, does not (its lease is broken, saying so)."""
+    import time
+
+    from metasweep.analysis.store import write_text
+    from metasweep.sweeps import lock
+
+    exp = str(tmp_path / "exp")
+
+    def lease(**kw):
+        write_text(exp, "lock.json", json.dumps({"token": "other", "host": "elsewhere", "pid": 1,
+                                                 "since": "2026-01-01 00:00:00 UTC", "heartbeat": time.time(), **kw}))
+
+    lease()
+    with pytest.raises(UserError, match="is being run by another driver: host elsewhere, pid 1, since 2026-01-01 "
+                                        r"00:00:00 UTC \(last heartbeat 0 s ago\)"):
+        lock.Lease(exp).acquire()
+    for stale in ({"heartbeat": time.time() - 10 * lock.STALE_S}, {"host": lock.socket.gethostname(), "pid": 2 ** 22 + 7}):
+        lease(**stale)
+        with lock.Lease(exp):
+            assert lock.holder(exp)["pid"] == os.getpid()
+        assert lock.holder(exp) is None  # released

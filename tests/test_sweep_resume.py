@@ -109,6 +109,7 @@ def test_killed_driver_then_resume_gives_every_trial_and_row_exactly_once(tmp_pa
     assert r.returncode == 0, r.stderr[-3000:]
     if how == "SIGKILL":
         assert not old.exists()  # resumed trials wrote to the new place only
+        assert "breaking the stale lease of an earlier driver" in r.stderr  # its driver is gone
     else:
         assert (exp / "damaged" / "trials" / "foreign.parquet").exists()
         assert "set aside a file the dataset cannot read" in r.stderr and "foreign.parquet" in r.stderr
