@@ -39,7 +39,7 @@ def ray_head():
     head.stop()
 
 
-def wait_until_quiet(exp, seconds: float = 8.0, limit: float = 120.0) -> None:
+def wait_until_quiet(exp, seconds: float = 3.0, limit: float = 120.0) -> None:
     """Until no file of the experiment changed for `seconds`."""
     def snapshot():
         return sorted((str(p), p.stat().st_mtime_ns) for p in exp.rglob("*") if p.is_file())
