@@ -241,18 +241,23 @@ def read_dataset(uri: str) -> dict[str, pa.Table]:
 # ------------------------------------------------------------------------------------------ maintenance
 
 
-def mark_unfinished(uri: str, stage: str, status: str = "stopped_early") -> list[str]:
-    """After a stage ends: every trial of `stage` whose latest row is still `running` (the scheduler,
-    e.g. ASHA, stopped it after a report) gets `status`, its row rebuilt by `trial_row` with every
-    other value kept. Returns the trial ids marked."""
+def mark_unfinished(uri: str, stage: str, status: str = "stopped_early", *, trial_ids: Iterable[str] | None = None,
+                    error: str | None = None) -> list[str]:
+    """After a stage ends: every trial of `stage` (of `trial_ids` only, when given) whose latest row is
+    still `running` (the scheduler, e.g. ASHA, stopped it after a report; or Ray gave up restarting
+    it) gets `status` (and `error`), its row rebuilt by `trial_row` with every other value kept.
+    Returns the trial ids marked."""
     if status == "running" or status not in STATUSES:
         raise ValueError(f"mark_unfinished: status must be one of {', '.join(STATUSES[1:])} (got {status!r})")
     if not exists(uri):
         return []
     trials = latest_attempts(read_raw(uri, "trials"))
     marked = []
+    only = None if trial_ids is None else set(trial_ids)
     for r in trials.filter(pc.and_(pc.equal(trials["stage"], stage), pc.equal(trials["status"], "running"))).to_pylist():
-        row = trial_row(**{**from_stored(r), "status": status})
+        if only is not None and r["trial_id"] not in only:
+            continue
+        row = trial_row(**{**from_stored(r), "status": status, **({"error": error} if error else {})})
         write_table(uri, "trials", {k: [v] for k, v in row.items()}, r["trial_id"], r["attempt"])
         marked.append(r["trial_id"])
     return marked

@@ -53,7 +53,11 @@ def main() -> None:
     import ray
 
     from metasweep.analysis.store import read_dataset
-    from metasweep.sweeps.run import init_ray, prepare, run_experiment
+    from metasweep.sweeps.experiment import experiment_uri
+    from metasweep.sweeps.run import run_experiment
+    from metasweep.sweeps.session import init_ray
+    from metasweep.sweeps.spec import load_spec
+    from metasweep.sweeps.stages import Run
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_sweep_"))
     t0 = time.perf_counter()
@@ -64,9 +68,10 @@ def main() -> None:
         spec_path = tmp / f"overhead{rep}.yaml"
         spec_path.write_text(TRIVIAL.format(rep=rep, seeds=", ".join(map(str, range(args.trials))),
                                             storage=tmp / "res"))
-        spec, exp_uri, h = prepare(str(spec_path), None)
+        spec, _, h = load_spec(str(spec_path))
+        exp_uri = experiment_uri(spec.storage, spec.experiment)
         t0 = time.perf_counter()
-        run_experiment(spec, exp_uri, h)
+        run_experiment(Run(spec, exp_uri, h, {"cells": {}}))
         sweep_times.append(time.perf_counter() - t0)
         assert read_dataset(exp_uri)["trials"].num_rows == args.trials
         plain_times.append(plain_loop(str(spec_path), str(tmp / f"plain{rep}")))
@@ -85,9 +90,10 @@ def main() -> None:
     if not args.skip_quickstart:
         qs = Path(__file__).resolve().parents[1] / "sweeps" / "specs" / "quickstart.yaml"
         init_ray(None)
-        spec, exp_uri, h = prepare(str(qs), str(tmp / "qs"))
+        spec, _, h = load_spec(str(qs))
+        exp_uri = experiment_uri(str(tmp / "qs"), spec.experiment)
         t0 = time.perf_counter()
-        run_experiment(spec, exp_uri, h)
+        run_experiment(Run(spec, exp_uri, h, {"cells": {}}))
         wall = time.perf_counter() - t0
         ray.shutdown()
         trials = read_dataset(exp_uri)["trials"].to_pylist()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import math
+import inspect
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,16 +30,6 @@ def root() -> None:
     """metasweep: meta-learning sweeps on Ray Tune + Optuna."""
 
 
-def int_list(text: str, option: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        raise UserError(f"{option}: expected comma-separated integers like 5,10,20 (got {text!r})") from None
-    if not values or any(v < 0 for v in values):
-        raise UserError(f"{option}: expected non-negative integers like 5,10,20 (got {text!r})")
-    return values
-
-
 def print_summary(summary: list[dict], title: str, metric: str = "loss") -> None:
     table = Table(title=title)
     for col in ("shots", "inner steps", "tasks", f"{metric} (mean ± 95% CI)"):
@@ -51,147 +41,103 @@ def print_summary(summary: list[dict], title: str, metric: str = "loss") -> None
 
 @app.command()
 def train(
-    task: str = typer.Option("sine", help="task family: sine | polynomial | omniglot | miniimagenet"),
-    variant: str = typer.Option("maml", help="preset: maml, fomaml, reptile, meta-sgd, anil, t-net, m-net, "
-                                             "m-net-full, mt-net, mt-net-full"),
-    train_shots: int = typer.Option(10, help="support points per task during meta-training (K)"),
-    queries: int = typer.Option(10, help="query points per task"),
-    order: int | None = typer.Option(None, help="polynomial order (task polynomial)"),
-    data_root: Path | None = typer.Option(None, help="image tasks: the dataset folder (see docs/IMAGES.md)"),
-    ways: int = typer.Option(5, help="image tasks: classes per task (N-way); shots and queries are per class"),
-    splits: str | None = typer.Option(None, help="omniglot: characters in train,val,test (default 1100,100,423)"),
-    cka_tasks: int = typer.Option(0, help="image tasks: per-layer CKA before/after the inner loop on N test "
-                                          "tasks (table cka; plot --kind cka)"),
-    cache_dir: Path | None = typer.Option(None, help="image tasks: where decoded images are cached "
-                                                      "(default $METASWEEP_CACHE_DIR or ~/.cache/metasweep/images)"),
-    meta_batch: int = typer.Option(25, help="tasks per outer step"),
-    meta_steps: int = typer.Option(1000, help="outer steps (meta-iterations)"),
-    inner_steps: int = typer.Option(1, help="inner gradient steps during meta-training"),
-    alpha: float = typer.Option(1e-2, help="inner step size α"),
-    beta: float = typer.Option(1e-3, help="outer (Adam) step size β"),
-    temperature: float = typer.Option(1.0, help="Gumbel-Softmax temperature c (masked variants)"),
-    mask_eval: str = typer.Option("sample", help="masks at evaluation: sample | threshold"),
-    seed: int = typer.Option(0, help="seeds init, task sampling and mask noise"),
-    eval_shots: str | None = typer.Option(None, help="shot counts to evaluate at (default 5,10,20; image "
-                                                      "tasks: the training shots)"),
-    eval_steps: str = typer.Option("1,10", help="inner steps to evaluate at (0 = unadapted)"),
-    eval_tasks: int = typer.Option(600, help="number of fixed meta-test tasks"),
-    eval_seed: int = typer.Option(1, help="seed that fixes the evaluation tasks"),
-    report_every: int = typer.Option(100, help="validation + curve row every K meta-steps"),
-    val_tasks: int = typer.Option(100, help="meta-validation tasks per report"),
+    task: str | None = typer.Option(None, help="task family (a name in the registry)"),
+    variant: str = typer.Option("maml", help="preset (a name in the registry)"),
+    train_shots: int | None = typer.Option(None, help="support points (per class) per task during meta-training (K)"),
+    queries: int | None = typer.Option(None, help="query points (per class) per task"),
+    order: int | None = typer.Option(None, help="task option order (polynomial)"),
+    data_root: str | None = typer.Option(None, help="task option data_root: image tasks' dataset folder "
+                                                    "(docs/IMAGES.md)"),
+    ways: int | None = typer.Option(None, help="task option ways: classes per task (N-way); shots and queries are "
+                                               "per class"),
+    splits: str | None = typer.Option(None, help="task option splits (omniglot): characters in train,val,test"),
+    cache_dir: str | None = typer.Option(None, help="task option cache_dir: where decoded images are cached"),
+    task_option: list[str] = typer.Option([], help="any task option of the family, KEY=VALUE (repeatable)"),
+    switch: list[str] = typer.Option([], help="a switch of the preset, KEY=VALUE (repeatable), e.g. distance=cosine"),
+    hparam: list[str] = typer.Option([], help="any declared hyper-parameter, NAME=VALUE (repeatable), e.g. "
+                                              "cosine_scale=7"),
+    plugin: list[str] = typer.Option([], help="a module registering learners or task families (repeatable)"),
+    cka_tasks: int | None = typer.Option(None, help="per-layer CKA before/after the inner loop on N test tasks "
+                                                    "(table cka; plot --kind cka)"),
+    alpha: float | None = typer.Option(None, help="inner step size α"),
+    beta: float | None = typer.Option(None, help="outer (Adam) step size β"),
+    temperature: float | None = typer.Option(None, help="Gumbel-Softmax temperature c (masked variants)"),
+    inner_steps: int | None = typer.Option(None, help="inner steps during meta-training"),
+    meta_batch: int | None = typer.Option(None, help="tasks per meta-step"),
+    meta_steps: int | None = typer.Option(None, help="outer steps"),
+    mask_eval: str | None = typer.Option(None, help="masks at evaluation: sample | threshold"),
+    seed: int = typer.Option(0, help="training seed"),
+    eval_shots: str | None = typer.Option(None, help="comma-separated shot counts to evaluate (image tasks: the "
+                                                     "train shots by default)"),
+    eval_steps: str | None = typer.Option(None, help="comma-separated inner-step counts to evaluate"),
+    eval_tasks: int | None = typer.Option(None, help="number of fixed meta-test tasks"),
+    eval_seed: int | None = typer.Option(None, help="seed that fixes the evaluation tasks"),
+    report_every: int | None = typer.Option(None, help="validation + curve row every K meta-steps"),
+    val_tasks: int | None = typer.Option(None, help="meta-validation tasks per report"),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
     cuda_graphs: bool = typer.Option(True, help="CUDA: replay each meta-gradient from a captured CUDA graph "
                                      "(same math, fewer kernel launches)"),
     tf32: bool = typer.Option(False, help="CUDA: allow TF32 convolutions/matmuls (off: full float32 precision)"),
     out_dir: Path = typer.Option(Path("runs/train"), "--out", help="folder for the trial's Parquet files"),
 ):
-    """Meta-train one variant (no Ray), print the evaluation table and write the Parquet rows."""
-    from metasweep.analysis.store import write_trial
-    from metasweep.core import RegistryError, VariantError
+    """Meta-train one variant (no Ray), print the evaluation table and write the Parquet rows. Bad
+    options exit 2 with one line, before any training; an errored trial exits 1, its rows kept."""
+    from .single import build
 
-    from .trial import TrialConfig, run_trial
-
+    options = dict(locals())
     try:
-        if task not in ("sine", "polynomial", "omniglot", "miniimagenet"):
-            raise UserError(f"--task: must be sine, polynomial, omniglot or miniimagenet (got {task!r})")
-        image = task in ("omniglot", "miniimagenet")
-        for name, value in (("--train-shots", train_shots), ("--queries", queries), ("--meta-batch", meta_batch),
-                            ("--meta-steps", meta_steps), ("--inner-steps", inner_steps),
-                            ("--eval-tasks", eval_tasks), ("--report-every", report_every),
-                            ("--val-tasks", val_tasks)):
-            if value < 1:
-                raise UserError(f"{name}: must be >= 1 (got {value})")
-        for name, value in (("--alpha", alpha), ("--beta", beta), ("--temperature", temperature)):
-            if not (value > 0 and math.isfinite(value)):
-                raise UserError(f"{name}: must be a positive number (got {value})")
-        if mask_eval not in ("sample", "threshold"):
-            raise UserError(f"--mask-eval: must be sample or threshold (got {mask_eval!r})")
-        if device not in ("auto", "cpu") and not device.startswith("cuda"):
-            raise UserError(f"--device: must be auto, cpu, cuda or cuda:N (got {device!r})")
-        task_options = {}
-        if order is not None:
-            if task != "polynomial":
-                raise UserError("--order: only applies to --task polynomial")
-            if order < 0:
-                raise UserError(f"--order: must be >= 0 (got {order})")
-            task_options["order"] = order
-        if not image and (data_root is not None or cache_dir is not None or splits is not None or cka_tasks):
-            raise UserError("--data-root / --cache-dir / --splits / --cka-tasks: only apply to --task omniglot or "
-                            "miniimagenet")
-        if image:
-            if data_root is None:
-                raise UserError(f"--data-root: required for --task {task} (the dataset folder; nothing is downloaded)")
-            if ways < 2:
-                raise UserError(f"--ways: must be >= 2 (got {ways})")
-            task_options.update(data_root=str(data_root), ways=ways)
-            if cka_tasks < 0:
-                raise UserError(f"--cka-tasks: must be >= 0 (got {cka_tasks})")
-            if splits is not None:
-                if task != "omniglot":
-                    raise UserError("--splits: only applies to --task omniglot")
-                sizes = int_list(splits, "--splits")
-                if len(sizes) != 3 or min(sizes) < 1:
-                    raise UserError(f"--splits: expected three integers >= 1: train,val,test (got {splits!r})")
-                task_options["splits"] = list(sizes)
-            if cache_dir is not None:
-                task_options["cache_dir"] = str(cache_dir)
-        if eval_shots is None:
-            eval_shots = str(train_shots) if image else "5,10,20"
-        cfg = TrialConfig(task=task, task_options=task_options, variant=variant, train_shots=train_shots,
-                          queries=queries, alpha=alpha, beta=beta, temperature=temperature,
-                          inner_steps=inner_steps, meta_batch=meta_batch, meta_steps=meta_steps,
-                          report_every=min(report_every, meta_steps), val_tasks=val_tasks, eval_tasks=eval_tasks,
-                          eval_seed=eval_seed, eval_shots=int_list(eval_shots, "--eval-shots"),
-                          eval_steps=int_list(eval_steps, "--eval-steps"), mask_eval=mask_eval, seed=seed,
-                          device=device, cka_tasks=cka_tasks, cuda_graphs=cuda_graphs, tf32=tf32)
-        if min(cfg.eval_shots) < 1:
-            raise UserError(f"--eval-shots: shot counts must be >= 1 (got {eval_shots!r})")
-        from metasweep.core.registry import make_learner
-
-        make_learner(variant)
-        if image:
-            from metasweep.core.tasks import DataError, make_family
-
-            try:
-                make_family(task, **task_options).check()  # decodes (once, cached) and checks all splits
-            except (DataError, ValueError) as e:
-                raise UserError(str(e)) from None
-        if device.startswith("cuda"):
-            import torch
-
-            if not torch.cuda.is_available():
-                raise UserError(f"--device {device}: CUDA is not available on this machine")
-    except (VariantError, RegistryError) as e:
-        fail(f"--variant: {e}")
+        _, cfg = build(options)
     except UserError as e:
         fail(str(e))
+    result = train_one(cfg, out_dir)
+    if result.status == "errored":
+        fail(f"trial errored: {result.trial_row['error'].strip().splitlines()[0]} (rows kept in {out_dir})", code=1)
 
+
+def train_one(cfg, out_dir: Path):
+    """Train with a progress bar, write the rows, print the evaluation tables."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from metasweep.analysis.store import write_trial
+    from metasweep.analysis.summary import summarize
+
+    from .trial import failure, run_trial
 
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console) as progress:
-        bar = progress.add_task(f"{variant} meta-training", total=meta_steps, info="")
+        bar = progress.add_task(f"{cfg.variant} meta-training", total=cfg.meta_steps, info="")
 
         def on_report(state, row):
             progress.update(bar, completed=state.step,
                             info=f"train {row['meta_train_loss']:.3f}  val {row['val_loss']:.3f}")
 
-        result = run_trial(cfg, trial_id=f"{variant}-seed{seed}", experiment=out_dir.name, stage="single",
+        result = run_trial(cfg, trial_id=f"{cfg.variant}-seed{cfg.seed}", experiment=out_dir.name, stage="single",
                            on_report=on_report)
-    write_trial(str(out_dir), result.trial_row, result.curves, result.eval_tasks, extra={"cka": result.cka})
+    try:
+        write_trial(str(out_dir), result.trial_row, result.curves, result.eval_tasks, extra={"cka": result.cka})
+    except Exception as e:  # rows it cannot write: the trial is errored, its row says why
+        result = errored(result, failure("writing", e))
+        write_trial(str(out_dir), result.trial_row, {}, {})
     console.print(f"status: [bold]{result.status}[/]  meta-steps: {result.trial_row['meta_steps']}  "
                   f"wall: {result.trial_row['wall_seconds']:.1f}s  device: {result.trial_row['device']}")
-    if result.status == "errored":
-        console.print(result.trial_row["error"])
     if result.summary:
-        print_summary(result.summary, f"{variant} on {task}: eval loss on {eval_tasks} meta-test tasks")
-        if image:
-            from metasweep.analysis.summary import summarize
-
+        where = f"{cfg.variant} on {cfg.task}"
+        print_summary(result.summary, f"{where}: eval loss on {cfg.eval_tasks} meta-test tasks")
+        if any(a == a for a in result.eval_tasks.get("accuracy", [])):  # classification: accuracy too
             print_summary(summarize(result.eval_tasks, "accuracy"),
-                          f"{variant} on {task}: eval accuracy on {eval_tasks} meta-test tasks ({ways}-way)",
-                          "accuracy")
+                          f"{where}: eval accuracy on {cfg.eval_tasks} meta-test tasks", "accuracy")
     console.print(f"results: {out_dir}/{{trials,curves,eval_tasks}}/")
+    return result
+
+
+def errored(result, error: str):
+    """The trial's result as `errored` with `error` (its row rebuilt by the dataset's one builder)."""
+    from dataclasses import replace
+
+    from metasweep.analysis.rows import from_stored, trial_row
+
+    row = trial_row(**{**from_stored(result.trial_row), "status": "errored", "error": error})
+    return replace(result, status="errored", trial_row=row)
 
 
 @app.command()
@@ -206,42 +152,47 @@ def sweep(
 ):
     """Run a spec's sweep: the tune stage (Optuna on meta-validation tasks), then the test stage (each
     variant's best configuration retrained on seeds, evaluated on meta-test tasks); or a grid."""
-    from .run import Interrupted
     from .run import sweep as run_sweep
 
     if stage not in ("tune", "test", "all"):
         fail(f"--stage: must be tune, test or all (got {stage!r})")
-    try:
-        exp_uri = run_sweep(str(spec), address=address, storage=storage, stage=stage)
-    except UserError as e:
-        fail(str(e))
-    except (Interrupted, KeyboardInterrupt) as e:
-        console.print(f"[bold red]sweep interrupted[/] ({e}); rows written so far are kept. Continue with: "
-                      f"metasweep resume <experiment path>")
-        raise SystemExit(130) from None
+    exp_uri = driven(lambda: run_sweep(str(spec), address=address, storage=storage, stage=stage),
+                     "metasweep resume <experiment path>")
     console.print(f"results: {exp_uri}")
     if rank_after and stage != "tune":
         _print_rank(exp_uri)
 
 
+def driven(call, resume_hint: str) -> str:
+    """A sweep or resume as a command: bad input exits 2 (one line); a stage without a result exits 1
+    with its summary; an interrupted one 130, with how to continue. Rows written are kept in every case."""
+    from .run import Interrupted, StageFailed
+
+    try:
+        return call()
+    except UserError as e:
+        fail(str(e))
+    except StageFailed as e:
+        fail(f"sweep failed: {e}", code=1)
+    except (Interrupted, KeyboardInterrupt) as e:
+        console.print(f"[bold red]sweep interrupted[/] ({e}); rows written so far are kept. Continue with: "
+                      f"{resume_hint}")
+        raise SystemExit(130) from None
+
+
 @app.command()
 def resume(
-    experiment: str = typer.Argument(..., help="experiment path (STORAGE/EXPERIMENT)"),
+    experiment: str = typer.Argument(..., help="experiment path (STORAGE/EXPERIMENT), a folder or a URI, "
+                                               "wherever it is now"),
     address: str | None = typer.Option(None, help="Ray cluster address; default: embedded local Ray"),
     rank_after: bool = typer.Option(True, "--rank/--no-rank"),
 ):
     """Continue an interrupted sweep: finished stages are skipped, unfinished Tuners restored
-    (errored trials restart from their checkpoints), the Optuna study continues."""
-    from .run import Interrupted
+    (errored trials restart from their checkpoints), the Optuna study continues; damaged or foreign
+    dataset files are set aside (damaged/), saying so."""
     from .run import resume as run_resume
 
-    try:
-        exp_uri = run_resume(experiment, address=address)
-    except UserError as e:
-        fail(str(e))
-    except (Interrupted, KeyboardInterrupt) as e:
-        console.print(f"[bold red]sweep interrupted[/] ({e}); continue with: metasweep resume {experiment}")
-        raise SystemExit(130) from None
+    exp_uri = driven(lambda: run_resume(experiment, address=address), f"metasweep resume {experiment}")
     if rank_after:
         _print_rank(exp_uri)
 
@@ -350,7 +301,9 @@ def reproduce(
     from .reproduce import run as run_reproduction
 
     try:
-        seed_list = list(int_list(seeds, "--seeds")) if seeds else None
+        from .single import int_list
+
+        seed_list = int_list(seeds, "--seeds") if seeds else None
         report = run_reproduction(experiment, scale, out_dir, address, seed_list)
     except UserError as e:
         fail(str(e))
@@ -358,7 +311,31 @@ def reproduce(
     out.print(report.read_text(), markup=False, highlight=False)
 
 
+def registry_help() -> None:
+    """Fill the help of options whose allowed values live in the registry (presets, task families) and
+    the defaults the config model owns. Only when help is asked for: the registry imports torch."""
+    from metasweep.core import registry
+    from metasweep.core.hparams import default as hp_default
+
+    from .config import Budget, EvalSpec, RunSpec, TaskSpec, field_default
+    from .single import FIELDS
+
+    params = inspect.signature(train).parameters
+    params["variant"].default.help = f"preset: {', '.join(registry.preset_names())}"
+    params["task"].default.help = (f"task family: {', '.join(registry.family_names())} "
+                                   f"(default {field_default(TaskSpec, 'family')})")
+    models = {"budget": Budget, "eval": EvalSpec, "task": TaskSpec}
+    for option, loc in FIELDS.items():
+        if len(loc) == 2 and loc[0] in models:
+            params[option].default.help += f" (default {field_default(models[loc[0]], loc[1])})"
+        elif loc[0] == "defaults" and len(loc) == 2:
+            params[option].default.help += f" (default {hp_default(loc[1])})"
+    params["train_shots"].default.help += f" (default {field_default(RunSpec, 'train_shots')[0]})"
+
+
 def main() -> None:
+    if any(a in ("--help", "-h") for a in sys.argv[1:]):
+        registry_help()
     try:
         app()
     except UserError as e:

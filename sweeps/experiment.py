@@ -13,8 +13,11 @@ from .errors import UserError
 
 
 def experiment_uri(storage: str, experiment: str) -> str:
+    """The experiment's folder under a storage: a local folder (its parent must exist) or a pyarrow
+    filesystem URI, whose query (e.g. `?endpoint_override=HOST:PORT&scheme=http`) is kept at the end."""
     if "://" in storage:
-        return f"{storage.rstrip('/')}/{experiment}"
+        base, sep, query = storage.partition("?")
+        return f"{base.rstrip('/')}/{experiment}{sep}{query}"
     storage = os.path.abspath(storage)
     parent = os.path.dirname(storage)
     if not os.path.isdir(storage):
@@ -26,9 +29,14 @@ def experiment_uri(storage: str, experiment: str) -> str:
     return os.path.join(storage, experiment)
 
 
+def located(uri: str) -> str:
+    """An experiment given on the command line: a URI as it is, a local path made absolute."""
+    return uri if "://" in uri else os.path.abspath(uri)
+
+
 def read_manifest(uri: str) -> dict:
     text = read_text(uri, "manifest.json")
-    return json.loads(text) if text else {"cells": {}, "best": {}}
+    return json.loads(text) if text else {"cells": {}, "best": {}, "inputs": {}}
 
 
 def write_manifest(uri: str, manifest: dict) -> None:

@@ -1,15 +1,18 @@
 """A spec becomes stages: tune (Optuna per variant x train-shots cell, on meta-validation tasks),
 test (each cell's best configuration retrained on the spec's seeds, evaluated on meta-test
-tasks), or a plain grid. Pure functions from the spec to trial configurations."""
+tasks), or a plain grid. Pure functions from the config to trial configurations, and the inputs a
+stage remembers (a hash of each cell's trial configurations)."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 from dataclasses import dataclass
 
-from metasweep.core.hparams import hparam_def
-from metasweep.core.registry import make_learner
+from metasweep.core.hparams import COMMON, hparam_def
 
+from .config import RunSpec
 from .spec import Range, Spec
 from .trial import TrialConfig
 
@@ -24,31 +27,33 @@ class Cell:
         return f"{self.variant}-k{self.shots}"
 
 
-TRIAL_FIELDS = set(TrialConfig.__dataclass_fields__) - {"alpha", "beta", "temperature", "inner_steps", "meta_batch",
-                                                        "mask_eval", "zeta_init"}
+TRIAL_FIELDS = set(TrialConfig.__dataclass_fields__) - set(COMMON)
 
 
-def cells(spec: Spec) -> list[Cell]:
+def cells(spec: RunSpec) -> list[Cell]:
     return [Cell(v, k) for v in spec.variant_names() for k in spec.train_shots]
 
 
-def learner_of(spec: Spec, variant: str):
+def learner_of(spec: RunSpec, variant: str):
     """The learner a variant of the spec names (its preset with its switches)."""
-    preset, switches = spec.variant_of(variant)
-    return make_learner(preset, name=variant, **switches)
+    return spec.learner(variant)
 
 
-def trial_config(spec: Spec, cell: Cell, *, split: str, seed: int, **overrides) -> TrialConfig:
+def trial_config(spec: RunSpec, cell: Cell, *, split: str, seed: int, **overrides) -> TrialConfig:
+    """One trial of a cell: the config's budget and evaluation, its hyper-parameters' defaults (the
+    common ones, and a learner's own where `defaults:` gives them), then `overrides` (a search's or
+    a grid's values, by field or hyper-parameter name)."""
     preset, switches = spec.variant_of(cell.variant)
     b, e = spec.budget, spec.eval
     cfg = TrialConfig(
         task=spec.task.family, task_options=dict(spec.task.options), variant=preset, variant_overrides=switches,
         hidden=tuple(spec.model.hidden), train_shots=cell.shots, queries=spec.task.queries,
-        alpha=spec.defaults.alpha, beta=spec.defaults.beta, temperature=spec.defaults.temperature,
-        inner_steps=b.inner_steps, meta_batch=b.meta_batch, meta_steps=b.meta_steps,
-        report_every=b.report_every, val_tasks=e.val_tasks, val_seed=e.val_seed, eval_split=split,
-        eval_seed=e.seed, eval_tasks=e.tasks, eval_shots=tuple(e.shots), eval_steps=tuple(e.inner_steps),
-        mask_eval=e.mask_eval, seed=seed, cka_tasks=e.cka_tasks)
+        meta_steps=b.meta_steps, report_every=b.report_every, val_tasks=e.val_tasks, val_seed=e.val_seed,
+        eval_split=split, eval_seed=e.seed, eval_tasks=e.tasks, eval_shots=tuple(e.shots),
+        eval_steps=tuple(e.inner_steps), seed=seed, cka_tasks=e.cka_tasks, plugins=tuple(spec.plugins))
+    reads = spec.learner(cell.variant).reads()
+    for name in (*COMMON, *(h for h in spec.defaults if h not in COMMON and h in reads)):
+        cfg.set_hparam(name, spec.hparam_default(name))
     for k, v in overrides.items():
         if k in TRIAL_FIELDS:
             setattr(cfg, k, v)
@@ -58,34 +63,39 @@ def trial_config(spec: Spec, cell: Cell, *, split: str, seed: int, **overrides) 
 
 
 def search_space(spec: Spec, variant: str) -> dict[str, Range]:
-    """The ranges Optuna searches for one variant: the hyper-parameters its learner searches (for a
-    gradient learner alpha, beta, and c only with a mask: the temperature does nothing without one).
-    Per-variant overrides replace a range."""
+    """The ranges Optuna searches for one variant: exactly the hyper-parameters its learner searches
+    (for a gradient learner alpha, beta, and c only with a mask), each from the variant's override,
+    else the spec's `search:`, else the hyper-parameter's declared default range."""
     space = {}
-    override = spec.search.overrides.get(variant)
-    for name in learner_of(spec, variant).searched():
-        rng = getattr(override, name, None) if override else None
-        if rng is None and not hasattr(spec.search, name):  # a learner's own: its declared default range
+    override = spec.search.overrides.get(variant, {})
+    for name in spec.learner(variant).searched():
+        rng = override.get(name) or spec.search.ranges().get(name)
+        if rng is None:
             low, high, log = hparam_def(name).search
             rng = Range(low=low, high=high, log=log)
-        rng = rng or getattr(spec.search, name)
-        if rng is not None:
-            space[name] = rng
+        space[name] = rng
     return space
 
 
 def tune_trial_base(spec: Spec, cell: Cell) -> TrialConfig:
-    """Tune trials are scored on meta-validation tasks only; the test tasks stay untouched."""
-    return trial_config(spec, cell, split="val", seed=spec.search.seed)
+    """Tune trials are scored on meta-validation tasks only; the test tasks stay untouched. Their
+    hyper-parameters are drawn by the search (hp_source None)."""
+    cfg = trial_config(spec, cell, split="val", seed=spec.search.seed)
+    cfg.hp_source = None
+    return cfg
 
 
-def stage_test_configs(spec: Spec, best: dict[str, dict]) -> list[tuple[Cell, TrialConfig]]:
-    """Every cell's best hyper-parameters (from the tune stage, or the spec's defaults) on every seed."""
+def stage_test_configs(spec: Spec, best: dict[str, dict],
+                       sources: dict[str, tuple[str, str | None]] | None = None) -> list[tuple[Cell, TrialConfig]]:
+    """Every cell's best hyper-parameters (from the tune stage, or the spec's defaults) on every seed;
+    `sources`: per cell name, where they came from (hp_source, hp_source_trial)."""
     out = []
     for cell in cells(spec):
-        hp = best.get(cell.name, {})
+        hp = {k: v for k, v in best.get(cell.name, {}).items() if not k.startswith("_")}
         for seed in spec.test.seeds:
-            out.append((cell, trial_config(spec, cell, split="test", seed=seed, **hp)))
+            cfg = trial_config(spec, cell, split="test", seed=seed, **hp)
+            cfg.hp_source, cfg.hp_source_trial = (sources or {}).get(cell.name, ("defaults", None))
+            out.append((cell, cfg))
     return out
 
 
@@ -100,5 +110,18 @@ def grid_trial_configs(spec: Spec) -> list[tuple[Cell, TrialConfig]]:
                 cfg = trial_config(spec, cell, split="test", seed=seed, **over)
                 cfg.task_options = {**cfg.task_options,
                                     **{k.removeprefix("task."): x for k, x in zip(keys, values) if k.startswith("task.")}}
+                cfg.hp_source = "grid"
                 out.append((cell, cfg))
     return out
+
+
+def inputs_hash(configs) -> str:
+    """What a stage cell ran with: a hash of its trial configurations (and, for a tune cell, its search)."""
+    text = json.dumps([c.to_dict() if isinstance(c, TrialConfig) else c for c in configs], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def tune_inputs(spec: Spec, cell: Cell) -> str:
+    space = {k: [r.low, r.high, r.log] for k, r in search_space(spec, cell.variant).items()}
+    return inputs_hash([tune_trial_base(spec, cell), {"space": space, "trials": spec.search.trials_per_variant,
+                                                      "sampler_seed": spec.search.sampler_seed}])

@@ -1,18 +1,25 @@
-"""A Ray Tune callback that prints one line per ended trial (module level, so Tune can pickle it)."""
+"""A Ray Tune callback that prints one line per ended trial (module level, so Tune can pickle it):
+the cell, the seed, the status, the validation loss and the hyper-parameters its learner searches
+(a learner's own ones too, e.g. nn_scale)."""
 
 from __future__ import annotations
 
 from ray.tune import Callback
 
+from .console import make_console
 
-def _reads(cfg: dict) -> tuple[str, ...]:
-    """The hyper-parameters the trial's learner reads (print only those: c matters with a mask only)."""
+
+def searched_values(config: dict) -> dict:
+    """{name: value} of the hyper-parameters the trial's learner searches, from Tune's config."""
     from metasweep.core.registry import make_learner
 
+    from .trainable import trial_config_of
+
     try:
-        return make_learner(cfg.get("variant", "maml"), **cfg.get("variant_overrides", {})).reads()
-    except Exception:
-        return ("alpha", "beta", "temperature")
+        _, cfg = trial_config_of(config)
+        return {k: cfg.hparam(k) for k in make_learner(cfg.variant, **cfg.variant_overrides).searched()}
+    except Exception:  # a config the registry refuses: the trial's row says why
+        return {}
 
 
 class TrialProgress(Callback):
@@ -21,21 +28,19 @@ class TrialProgress(Callback):
         self.done = 0
 
     def _print(self, text: str) -> None:
-        from rich.console import Console
-
-        Console(stderr=True).print(text, highlight=False)
+        make_console(stderr=True).print(text, highlight=False, markup=False)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.done += 1
         r = trial.last_result or {}
         point = trial.config.get("point", trial.config)
-        cfg = {**point.get("trial", {}), **{k: v for k, v in trial.config.items() if k in ("alpha", "beta", "temperature")}}
         variant = point.get("meta", {}).get("variant", "")
-        keys = [k for k in ("alpha", "beta", "temperature") if k in _reads(cfg)]
-        hp = ", ".join(f"{k}={cfg[k]:.3g}" for k in keys if k in cfg)
+        seed = point.get("trial", {}).get("seed", "?")
+        hp = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                       for k, v in searched_values(trial.config).items())
         val = r.get("val_loss")
         val = f"{val:.4f}" if isinstance(val, float) else "-"
-        self._print(f"  [{self.stage_name}] {variant} seed={cfg.get('seed', '?')} {r.get('status', 'stopped')}: "
+        self._print(f"  [{self.stage_name}] {variant} seed={seed} {r.get('status', 'stopped')}: "
                     f"val_loss {val}  {hp}  ({self.done} ended)")
 
     def on_trial_error(self, iteration, trials, trial, **info):

@@ -47,7 +47,7 @@ def reproduction_spec(name: str, scale: str, seeds: list[int] | None, out: Path)
         raise UserError(f"--scale: must be smoke or full (got {scale!r})")
     data = yaml.safe_load((SPECS / f"{name}.yaml").read_text())
     data["experiment"] = f"{name}-{scale}"
-    data["storage"] = str(out / "results")
+    data["storage"] = "results"  # beside the spec file, which is written into `out`
     data.pop("scheduler", None)
     if scale == "smoke":
         for section, values in SMOKE.items():
@@ -61,7 +61,7 @@ def reproduction_spec(name: str, scale: str, seeds: list[int] | None, out: Path)
 
 
 def run(name: str, scale: str, out: Path, address: str | None, seeds: list[int] | None) -> Path:
-    from .run import check_address, prepare, run_on_ray
+    from .run import check_address, sweep
 
     data, text = reproduction_spec(name, scale, seeds, out)
     if address:
@@ -69,8 +69,7 @@ def run(name: str, scale: str, out: Path, address: str | None, seeds: list[int] 
     out.mkdir(parents=True, exist_ok=True)
     spec_path = out / f"{name}-{scale}.spec.yaml"
     spec_path.write_text(text)
-    spec, exp_uri, spec_hash = prepare(str(spec_path), None)
-    run_on_ray(spec, exp_uri, spec_hash, "test", address)  # a finished stage is skipped: report only
+    exp_uri = sweep(str(spec_path), address=address, stage="test")  # a finished stage is skipped: report only
     wall = sweep_wall_seconds(exp_uri)
     command = "metasweep reproduce " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 2 else ""
     report = write_report(name, scale, exp_uri, out, text, wall, command)

@@ -1,5 +1,13 @@
-"""Spec files: one YAML file describes a whole sweep. Validated with pydantic; unknown fields are
-errors (a typo must never be silently ignored); every error names the file and the field path."""
+"""Spec files: one YAML file describes a whole sweep (docs/SPEC.md).
+
+A spec is the run's config model (`sweeps.config.RunSpec`: plugins, task, model, variants, train
+shots, budget, evaluation, defaults) plus the sweep's own fields (search, test, grid, scheduler,
+resources, storage). Unknown fields are errors (a typo is never ignored); every error names the file
+and the field and says what is allowed. Paths (`storage`, a family's path options such as
+`data_root`, `cache_dir`) are resolved when the spec is loaded: relative to the spec file's folder
+(a shipped spec's, used by name, relative to the working directory); `~` and `$VARS` are expanded
+and an unset variable is an error naming it.
+"""
 
 from __future__ import annotations
 
@@ -11,123 +19,16 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from metasweep.core import registry
+from metasweep.core.hparams import HPARAMS, hparam_def
 
+from .config import ConfigError, Index, RunSpec, Strict, as_number, check_hparam, dotted, format_error
+from .config import resolve_path as _resolve_path
 from .errors import UserError
 
 
-def _int_list(values: list[int], minimum: int) -> list[int]:
-    if not values or any(x < minimum for x in values):
-        raise ValueError(f"must be a non-empty list of integers >= {minimum}")
-    return values
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class TaskSpec(Strict):
-    """The task family and its options. Image families (omniglot, miniimagenet) take
-    data_root (required; ~ and $VARS are expanded when the data is read), ways, cache_dir, and for
-    Omniglot splits [train, val, test] and split_seed; queries are then per class."""
-
-    family: str = "sine"
-    options: dict[str, int | float | str | list[int] | list[float]] = Field(default_factory=dict)
-    queries: int = Field(10, ge=1)
-
-    @field_validator("family")
-    @classmethod
-    def _family(cls, v):
-        if v not in registry.family_names():
-            raise ValueError(f"unknown task family {v!r}; available: {', '.join(registry.family_names())}")
-        return v
-
-    @field_validator("options")
-    @classmethod
-    def _options_exist(cls, v, info):
-        family = info.data.get("family")
-        if family not in registry.family_names():
-            return v
-        try:
-            registry.make_family(family, **v)
-        except (TypeError, ValueError) as e:
-            raise ValueError(str(e)) from None
-        return v
-
-
-class ModelSpec(Strict):
-    hidden: list[int] = Field(default_factory=lambda: [40, 40])
-
-    @field_validator("hidden")
-    @classmethod
-    def _positive(cls, v):
-        if not v or any(h < 1 for h in v):
-            raise ValueError("hidden sizes must be a non-empty list of integers >= 1")
-        return v
-
-
-class VariantSpec(Strict):
-    """A preset, optionally with switches overridden: {name: mt-net-fo, preset: mt-net, switches: {order: first}}.
-    A plain string `mt-net` in the spec means {name: mt-net, preset: mt-net}."""
-
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
-    preset: str
-    switches: dict[str, bool | str] = Field(default_factory=dict)
-
-    @field_validator("preset")
-    @classmethod
-    def _preset(cls, v):
-        if v not in registry.preset_names():
-            raise ValueError(f"unknown preset {v!r}; presets: {', '.join(registry.preset_names())}")
-        return v
-
-    @field_validator("switches")
-    @classmethod
-    def _switches(cls, v, info):
-        preset = info.data.get("preset")
-        if preset in registry.preset_names():
-            try:
-                registry.make_learner(preset, **v)
-            except ValueError as e:
-                raise ValueError(str(e)) from None
-        return v
-
-
-class Budget(Strict):
-    meta_steps: int = Field(1000, ge=1)
-    report_every: int = Field(100, ge=1)
-    meta_batch: int = Field(25, ge=1)
-    inner_steps: int = Field(1, ge=1)
-
-    @model_validator(mode="after")
-    def _report_fits(self):
-        if self.report_every > self.meta_steps:
-            raise ValueError(f"report_every ({self.report_every}) must be <= meta_steps ({self.meta_steps})")
-        return self
-
-
-class EvalSpec(Strict):
-    shots: list[int] = Field(default_factory=lambda: [5, 10, 20])
-    inner_steps: list[int] = Field(default_factory=lambda: [1, 10])
-    tasks: int = Field(600, ge=1)
-    seed: int = Field(1, ge=0)
-    val_tasks: int = Field(100, ge=1)
-    val_seed: int = Field(0, ge=0)
-    mask_eval: Literal["sample", "threshold"] = "sample"
-    cka_tasks: int = Field(0, ge=0)  # image tasks: per-layer CKA/SVCCA before/after the inner loop (table cka)
-
-    @field_validator("shots")
-    @classmethod
-    def _shots(cls, v):
-        return _int_list(v, 1)
-
-    @field_validator("inner_steps")
-    @classmethod
-    def _steps(cls, v):
-        return _int_list(v, 0)
-
-
 class Range(Strict):
+    """A search range [low, high], on a log scale unless `log: false`."""
+
     log: bool = True
     low: float
     high: float
@@ -152,31 +53,45 @@ class Range(Strict):
         return v
 
 
-class HyperParams(Strict):
-    alpha: float = Field(1e-2, gt=0)
-    beta: float = Field(1e-3, gt=0)
-    temperature: float = Field(1.0, gt=0)
+class SearchSpec(BaseModel):
+    """The tune stage: Optuna trials per (variant, train shots) cell, and ranges by hyper-parameter
+    name (`alpha: {low, high, log}`, a learner's own such as `nn_scale`), replacing the declared
+    default ranges; `overrides` replace ranges per variant."""
 
+    model_config = ConfigDict(extra="allow", frozen=True)
+    __pydantic_extra__: dict[str, Range] = Field(init=False)
 
-class SearchOverride(Strict):
-    alpha: Range | None = None
-    beta: Range | None = None
-    temperature: Range | None = None
-
-
-class SearchSpec(Strict):
     trials_per_variant: int = Field(8, ge=1)
-    alpha: Range | None = Range(low=1e-3, high=1.0)
-    beta: Range | None = Range(low=1e-4, high=1e-2)
-    temperature: Range | None = Range(low=0.1, high=10.0)
-    overrides: dict[str, SearchOverride] = Field(default_factory=dict)
-    seed: int = Field(0, ge=0)  # training seed of every tune trial
-    sampler_seed: int = Field(0, ge=0)  # Optuna TPE seed
+    overrides: dict[str, dict[str, Range]] = Field(default_factory=dict)
+    seed: Index = 0  # training seed of every tune trial
+    sampler_seed: Index = 0  # Optuna TPE seed (shared by the cells: they share their first random candidates)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _names(cls, data):
+        if not isinstance(data, dict):
+            return data
+        own = set(cls.model_fields)
+        for key in data:
+            if key not in own and key not in HPARAMS:
+                raise ConfigError(("search", key), f"unknown field; fields: {', '.join(sorted(own))}, or the range of a "
+                                                  f"hyper-parameter: {', '.join(HPARAMS)}")
+        for variant, ranges in (data.get("overrides") or {}).items():
+            for key in ranges if isinstance(ranges, dict) else ():
+                if key not in HPARAMS:
+                    raise ConfigError(("search", "overrides", variant, key),
+                                      f"unknown hyper-parameter; declared: {', '.join(HPARAMS)}")
+        return data
+
+    def ranges(self) -> dict[str, Range]:
+        return dict(self.__pydantic_extra__ or {})
 
 
 class TestSpec(Strict):
     __test__ = False  # not a pytest class
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    # a cell whose tune stage had no finite result: fail the sweep (default) or test it on the defaults
+    untuned: Literal["fail", "fallback"] = "fail"
 
     @field_validator("seeds")
     @classmethod
@@ -197,21 +112,13 @@ class Resources(Strict):
     gpu: float = Field(0.0, ge=0)
 
 
-GRID_FIELDS = {"alpha": float, "beta": float, "temperature": float, "meta_batch": int, "inner_steps": int,
-               "meta_steps": int, "mask_eval": str}
+GRID_BUDGET = ("meta_steps",)  # grid fields that are not hyper-parameters (besides task.OPTION)
 
 
-class Spec(Strict):
+class Spec(RunSpec):
     experiment: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
     mode: Literal["tune+test", "grid"] = "tune+test"
-    task: TaskSpec = TaskSpec()
-    model: ModelSpec = ModelSpec()
-    variants: list[VariantSpec]
-    train_shots: list[int] = Field(default_factory=lambda: [10])
-    budget: Budget = Budget()
-    eval: EvalSpec = EvalSpec()
-    defaults: HyperParams = HyperParams()
     search: SearchSpec = SearchSpec()
     test: TestSpec = TestSpec()
     grid: dict[str, list[float | int | str]] = Field(default_factory=dict)
@@ -219,127 +126,117 @@ class Spec(Strict):
     resources: Resources = Resources()
     max_concurrent: int = Field(2, ge=1)
     max_failures: int = Field(2, ge=0)
-    storage: str = "results"
+    storage: str = "results"  # a folder (relative to the spec file) or a pyarrow filesystem URI
 
-    @field_validator("variants", mode="before")
+    @field_validator("storage")
     @classmethod
-    def _preset_names(cls, v):
-        if isinstance(v, list):
-            return [{"name": x, "preset": x} if isinstance(x, str) else x for x in v]
-        return v
-
-    @field_validator("variants")
-    @classmethod
-    def _variants(cls, v):
-        if not v:
-            raise ValueError("list at least one variant")
-        names = [item.name for item in v]
-        if len(set(names)) != len(names):
-            raise ValueError(f"variant names must be unique (got {names})")
-        return v
-
-    @field_validator("train_shots")
-    @classmethod
-    def _train_shots(cls, v):
-        return _int_list(v, 1)
+    def _storage(cls, v, info):
+        try:
+            return _resolve_path(v, (info.context or {}).get("base"))
+        except ValueError as e:
+            raise ValueError(str(e)) from None
 
     @field_validator("grid")
     @classmethod
     def _grid(cls, v):
-        """Values are typed per field (YAML 1.1 reads `1.0e25` as a string: it becomes a float here)."""
-        from pydantic import TypeAdapter
-
+        """Values typed by their field: a hyper-parameter's domain, meta_steps >= 1; task options are
+        checked by the family (below)."""
         out = {}
         for key, values in v.items():
-            if key not in GRID_FIELDS and not key.startswith("task."):
-                raise ValueError(f"cannot grid over {key!r}; allowed: {', '.join(GRID_FIELDS)}, "
-                                 "or task.OPTION (e.g. task.order)")
             if not values:
-                raise ValueError(f"{key}: list at least one value")
+                raise ConfigError(("grid", key), "list at least one value")
             if key.startswith("task."):
-                out[key] = list(values)  # checked against the task family in _consistent
-                continue
-            kind = GRID_FIELDS[key]
-            typed = []
-            for x in values:
-                try:
-                    typed.append(TypeAdapter(kind).validate_python(x, strict=False))
-                except ValidationError:
-                    raise ValueError(f"{key}: {x!r} is not a valid {kind.__name__}") from None
-            if kind is float and any(not (x > 0 and math.isfinite(x)) for x in typed):
-                raise ValueError(f"{key}: values must be positive finite numbers (got {values})")
-            if kind is int and any(x < 1 for x in typed):
-                raise ValueError(f"{key}: values must be integers >= 1 (got {values})")
-            if key == "mask_eval" and any(x not in ("sample", "threshold") for x in typed):
-                raise ValueError(f"mask_eval: values must be sample or threshold (got {values})")
-            out[key] = typed
+                out[key] = list(values)
+            elif key in GRID_BUDGET or key in HPARAMS:
+                out[key] = [_grid_value(key, x) for x in values]
+            else:
+                out[key] = values  # named in _consistent, which knows what the variants read
         return out
 
     @model_validator(mode="after")
     def _consistent(self):
-        names = self.variant_names()
-        unknown = sorted(set(self.search.overrides) - set(names))
-        if unknown:
-            raise ValueError(f"search.overrides names variants not in the spec: {', '.join(unknown)}")
-        if self.mode == "grid" and not self.grid:
-            raise ValueError("mode grid needs a 'grid' mapping of field -> list of values")
-        if self.mode != "grid" and self.grid:
-            raise ValueError("'grid' only applies with mode: grid")
-        allowed = registry.family_options(self.task.family)
-        for key, values in self.grid.items():
-            if key.startswith("task."):
-                option = key.removeprefix("task.")
-                if option not in allowed:
-                    raise ValueError(f"grid: task.{option} is not an option of task family {self.task.family}; "
-                                     f"allowed: {', '.join(allowed)}")
-                for x in values:
-                    try:
-                        registry.make_family(self.task.family, **{**self.task.options, option: x})
-                    except (TypeError, ValueError) as e:
-                        raise ValueError(f"grid: task.{option}={x!r}: {e}") from None
+        check_search(self)
+        check_grid(self)
         return self
 
-    def variant_names(self) -> list[str]:
-        return [v.name for v in self.variants]
 
-    def variant_of(self, name: str) -> tuple[str, dict]:
-        """(preset, switch overrides) of a variant named in the spec."""
-        for v in self.variants:
-            if v.name == name:
-                return v.preset, dict(v.switches)
-        raise KeyError(name)
-
-
-def _loc(loc) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out or "(top level)"
+def _grid_value(key: str, x):
+    try:
+        if key in GRID_BUDGET:
+            x = as_number(x)
+            if isinstance(x, bool) or not isinstance(x, int) or x < 1:
+                raise ValueError("must be an integer >= 1")
+            return x
+        return check_hparam(key, x)
+    except ValueError as e:
+        raise ConfigError(("grid", key), str(e), x) from None
 
 
-def format_validation_error(path: str, err: ValidationError) -> str:
-    lines = []
-    seen = set()
-    for e in err.errors():
-        field = _loc(e["loc"])
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown field (check the spelling; see docs/SPEC.md for the fields)"
-        elif e["type"] == "missing":
-            msg = "required field is missing"
-        got = e.get("input")
-        line = f"spec {path}, field {field}: {msg}"
-        if e["type"] not in ("extra_forbidden", "missing") and not isinstance(got, (dict, list)) and got is not None:
-            line += f" (got {got!r})"
-        if line not in seen:
-            seen.add(line)
-            lines.append(line)
-    # a union of str | VariantSpec reports both branches; keep the most specific
-    return "\n".join(lines[:5])
+def check_search(spec: Spec) -> None:
+    """Ranges that can produce a valid trial: each names a hyper-parameter some variant searches (an
+    override: that variant), lies inside its domain and is not empty; overrides name variants."""
+    names = spec.variant_names()
+    unknown = sorted(set(spec.search.overrides) - set(names))
+    if unknown:
+        raise ConfigError(("search", "overrides"), f"search.overrides names variants not in the spec: "
+                                                   f"{', '.join(unknown)}; variants: {', '.join(names)}")
+    searched = {v: spec.learner(v).searched() for v in names}
+    everything = [h for h in HPARAMS if any(h in s for s in searched.values())]
+    for name, r in spec.search.ranges().items():
+        if name not in everything:
+            raise ConfigError(("search", name), f"no variant of the spec searches {name}; they search: "
+                                                f"{', '.join(everything)}")
+        _check_range(("search", name), name, r)
+    for variant, ranges in spec.search.overrides.items():
+        for name, r in ranges.items():
+            if name not in searched[variant]:
+                raise ConfigError(("search", "overrides", variant, name),
+                                  f"{variant} does not search {name}; it searches: {', '.join(searched[variant])}")
+            _check_range(("search", "overrides", variant, name), name, r)
+    if spec.mode == "tune+test":
+        for variant, hps in searched.items():
+            for name in hps:
+                if name not in spec.search.ranges() and name not in spec.search.overrides.get(variant, {}) \
+                        and hparam_def(name).search is None:
+                    raise ConfigError(("search", name), f"{variant} searches {name}, which declares no default range: "
+                                                        "give one as {low: ..., high: ...}")
 
+
+def _check_range(loc: tuple, name: str, r: Range) -> None:
+    try:
+        hparam_def(name).check_range(r.low, r.high)
+    except ValueError as e:
+        raise ConfigError(loc, str(e)) from None
+
+
+def check_grid(spec: Spec) -> None:
+    """A grid in mode grid only; its fields are meta_steps, task.OPTION or a hyper-parameter some
+    variant reads; task options the family accepts."""
+    from metasweep.core import registry
+
+    if spec.mode == "grid" and not spec.grid:
+        raise ConfigError(("grid",), "mode grid needs a 'grid' mapping of field -> list of values")
+    if spec.mode != "grid" and spec.grid:
+        raise ConfigError(("grid",), "'grid' only applies with mode: grid")
+    read = spec.read_by_any()
+    allowed = registry.family_options(spec.task.family)
+    for key, values in spec.grid.items():
+        if key.startswith("task."):
+            option = key.removeprefix("task.")
+            if option not in allowed:
+                raise ConfigError(("grid",), f"task.{option} is not an option of task family {spec.task.family}; "
+                                             f"allowed: {', '.join(allowed)}")
+            for x in values:
+                try:
+                    registry.make_family(spec.task.family, **{**spec.task.options, option: x})
+                except (TypeError, ValueError) as e:
+                    raise ConfigError(("grid",), f"grid: task.{option}={x!r}: {e}") from None
+        elif key not in GRID_BUDGET and key not in read:
+            raise ConfigError(("grid",), f"cannot grid over {key!r}; allowed: {', '.join(GRID_BUDGET)}, task.OPTION "
+                                         f"(e.g. task.order), or a hyper-parameter the variants read: {', '.join(read)}")
+
+
+# ------------------------------------------------------------------------------------------ loading
 
 SHIPPED = Path(__file__).parent / "specs"
 
@@ -361,11 +258,19 @@ def load_spec(path: str | Path) -> tuple[Spec, str, str]:
                         f"{', '.join(shipped_specs())})") from None
     except OSError as e:
         raise UserError(f"spec {path}: cannot read ({e.strerror})") from None
-    return parse_spec(text, path)
+    return parse_spec(text, path, base=spec_base(path))
 
 
-def parse_spec(text: str, path: str) -> tuple[Spec, str, str]:
-    """Validate spec text; `path` names it in errors."""
+def spec_base(path: str) -> str | None:
+    """The folder a spec's relative paths are relative to: the spec file's, except for the shipped
+    specs (templates inside the package), whose paths are relative to the working directory."""
+    folder = Path(path).resolve().parent
+    return None if folder == SHIPPED.resolve() else str(folder)
+
+
+def parse_spec(text: str, path: str, base: str | None = None) -> tuple[Spec, str, str]:
+    """Validate spec text; `path` names it in errors; relative paths are relative to `base` (None:
+    the working directory)."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -375,7 +280,7 @@ def parse_spec(text: str, path: str) -> tuple[Spec, str, str]:
     if not isinstance(data, dict):
         raise UserError(f"spec {path}: expected a mapping of fields at the top level (got {type(data).__name__})")
     try:
-        spec = Spec.model_validate(data)
-    except ValidationError as e:
-        raise UserError(format_validation_error(path, e)) from None
+        spec = Spec.model_validate(data, context={"base": base})
+    except (ValidationError, ConfigError) as e:
+        raise UserError(format_error(e, lambda loc: f"spec {path}, field {dotted(loc)}")) from None
     return spec, text, hashlib.sha256(text.encode()).hexdigest()[:16]

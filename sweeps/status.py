@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import yaml
 from rich.console import Console
 from rich.table import Table
@@ -11,14 +9,14 @@ from rich.table import Table
 from metasweep.analysis.store import exists, read_trials
 
 from .errors import UserError
-from .experiment import read_manifest, read_text
+from .experiment import located, read_manifest, read_text
+from .lock import describe, holder, is_stale
 
 
 def print_status(exp_uri: str, console: Console) -> None:
     """Stages done, then the trials' latest attempts counted by stage, variant, train shots and
     status. A damaged dataset file raises StoreError (naming it) before anything is printed."""
-    if "://" not in exp_uri:
-        exp_uri = os.path.abspath(exp_uri)
+    exp_uri = located(exp_uri)
     text = read_text(exp_uri, "spec.yaml")
     if text is None:
         raise UserError(f"{exp_uri}: not an experiment folder (no spec.yaml)")
@@ -28,6 +26,10 @@ def print_status(exp_uri: str, console: Console) -> None:
     console.print(f"experiment [bold]{spec.get('experiment')}[/] at {exp_uri}")
     done = sorted(k for k, v in manifest.get("cells", {}).items() if v == "done")
     console.print(f"stages done: {', '.join(done) or 'none'}")
+    lease = holder(exp_uri)
+    if lease is not None:
+        state = "stale: its driver is gone" if is_stale(lease) else "running"
+        console.print(f"driver: {describe(lease)} ({state})", markup=False)
     if trials is None:
         console.print("no trial has written results yet")
         return

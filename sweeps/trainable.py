@@ -20,7 +20,7 @@ from ray import tune
 
 from metasweep.analysis.store import write_trial
 
-from .trial import TrialConfig, TrialResult, build_setup, curve_columns, resolve_device, run_trial, trial_row
+from .trial import TrialConfig, TrialResult, build_setup, curve_columns, failure, resolve_device, run_trial, trial_row
 from .trial import now as utc_now
 
 STATE_FILE = "state.pt"
@@ -71,29 +71,55 @@ def final_row(cfg: TrialConfig, meta: dict, trial_id: str, attempt: int, started
                   final_val_loss=r.get("final_val_loss"), ended_at=r.get("ended_at"))
 
 
-def metasweep_trainable(config: dict) -> None:
-    if "point" in config:  # a grid point (test / grid stages)
+def trial_config_of(config: dict) -> tuple[dict, TrialConfig]:
+    """(meta, TrialConfig) of Tune's config: a grid point (test / grid stages) or a tune trial whose
+    hyper-parameters Optuna drew (define-by-run: at the top level of the config)."""
+    if "point" in config:
         config = {**config["point"], **{k: v for k, v in config.items() if k != "point"}}
-    meta = config["meta"]
-    trial = dict(config["trial"])
-    cfg = TrialConfig.from_dict(trial)
-    for key, value in config.items():  # hyper-parameters chosen by Optuna (define-by-run space) are top level
+    cfg = TrialConfig.from_dict(dict(config["trial"]))
+    for key, value in config.items():
         if key not in ("trial", "meta", "point"):
             cfg.set_hparam(key, value)
+    return config["meta"], cfg
+
+
+def metasweep_trainable(config: dict, results_uri: str) -> None:
+    """One trial. `results_uri`: where the experiment is now (given by the driver each time it builds
+    or restores the Tuner, never stored in Tune's state, so a moved experiment writes to its new place).
+    A crash anywhere here (the trial's own code, writing its rows) is an errored row with its message,
+    never an exception for Ray to retry; only a trial that cannot write even that row raises."""
+    meta, cfg = trial_config_of(config)
     torch.set_num_threads(max(1, int(meta.get("cpus", 1))))
     trial_id = f"{meta['stage']}-{tune.get_context().get_trial_id()}"
-    uri = meta["results_uri"]
+    started, attempt = utc_now(), 0
+    try:
+        state, attempt = restored_state(cfg)
+        result = run_trial(cfg, trial_id=trial_id, experiment=meta["experiment"], stage=meta["stage"],
+                           attempt=attempt, spec_hash=meta["spec_hash"], state=state,
+                           on_report=reporter(results_uri, cfg, meta, trial_id, attempt, started))
+        final = final_row(cfg, meta, trial_id, attempt, started, result)
+        write_trial(results_uri, final, result.curves, result.eval_tasks, extra={"cka": result.cka})
+    except Exception as e:  # not SystemExit: Tune stops a trial (ASHA) by exiting its thread at a report
+        final = row_of(cfg, meta, trial_id, attempt, started, status="errored", error=failure("trial", e),
+                       device=resolve_device(cfg.device))
+        write_trial(results_uri, final, {}, {})
+    tune.report(final_report(final))
 
-    state, attempt = None, 0
+
+def restored_state(cfg: TrialConfig):
+    """(training state, attempt) from Tune's checkpoint after a restart, else (None, 0)."""
     checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        from metasweep.core.state import load_state
+    if checkpoint is None:
+        return None, 0
+    from metasweep.core.state import load_state
 
-        with checkpoint.as_directory() as d:
-            state = load_state(build_setup(cfg), os.path.join(d, STATE_FILE))
-        attempt = int(state.extra.get("attempt", 0)) + 1
-    started = utc_now()
+    with checkpoint.as_directory() as d:
+        state = load_state(build_setup(cfg), os.path.join(d, STATE_FILE))
+    return state, int(state.extra.get("attempt", 0)) + 1
 
+
+def reporter(uri: str, cfg: TrialConfig, meta: dict, trial_id: str, attempt: int, started):
+    """What the training loop calls at each report: the running row, a checkpoint, Tune's report."""
     def on_report(st, row):
         st.extra["attempt"] = attempt
         write_trial(uri, running_row(cfg, meta, trial_id, attempt, started, st, row), curve_columns(st.curves), {})
@@ -101,13 +127,15 @@ def metasweep_trainable(config: dict) -> None:
             st.save(os.path.join(d, STATE_FILE))
             tune.report(metrics_of(row), checkpoint=tune.Checkpoint.from_directory(d))
 
-    result = run_trial(cfg, trial_id=trial_id, experiment=meta["experiment"], stage=meta["stage"],
-                       attempt=attempt, spec_hash=meta["spec_hash"], state=state, on_report=on_report)
-    final = final_row(cfg, meta, trial_id, attempt, started, result)
-    write_trial(uri, final, result.curves, result.eval_tasks, extra={"cka": result.cka})
-    report = {"status": result.status, "done_rows": True}
+    return on_report
+
+
+def final_report(final: dict) -> dict:
+    """The last result Tune (and Optuna) sees: the final validation loss; inf for a trial without one
+    that did not complete (Optuna takes inf, not NaN: it ranks last)."""
+    report = {"status": final["status"], "done_rows": True}
     if final["final_val_loss"] is not None:
         report["val_loss"] = final["final_val_loss"]
-    elif result.status != "completed":
+    elif final["status"] != "completed":
         report["val_loss"] = float("inf")
-    tune.report(report)
+    return report

@@ -23,41 +23,46 @@ from metasweep.core.setup import Setup, check_sizes
 from metasweep.core.state import TrainState, init_state
 from metasweep.core.train import train
 
+from .config import Budget, EvalSpec, ModelSpec, RunSpec, TaskSpec, field_default
+
+_B, _E = Budget(), EvalSpec()  # the config model owns the defaults of a run; TrialConfig agrees with it
+
 
 @dataclass
 class TrialConfig:
-    """Everything that defines one trial (one row of `trials`)."""
+    """Everything that defines one trial (one row of `trials`). Built from the config model
+    (`sweeps.plan.trial_config`); its defaults are the config's and the hyper-parameters' declared ones."""
 
-    task: str = "sine"
+    task: str = field_default(TaskSpec, "family")
     task_options: dict = field(default_factory=dict)
     variant: str = "maml"
     variant_overrides: dict = field(default_factory=dict)
-    hidden: tuple[int, ...] = (40, 40)
-    train_shots: int = 10
-    queries: int = 10
-    alpha: float = 1e-2
-    beta: float = 1e-3
-    temperature: float = 1.0
-    inner_steps: int = 1
-    meta_batch: int = 25
-    zeta_init: float = 0.0
-    meta_steps: int = 1000
-    report_every: int = 100
-    val_tasks: int = 100
-    val_seed: int = 0
+    hidden: tuple[int, ...] = tuple(field_default(ModelSpec, "hidden"))
+    train_shots: int = field_default(RunSpec, "train_shots")[0]
+    queries: int = field_default(TaskSpec, "queries")
+    alpha: float = default_hparam("alpha")
+    beta: float = default_hparam("beta")
+    temperature: float = default_hparam("temperature")
+    inner_steps: int = default_hparam("inner_steps")
+    meta_batch: int = default_hparam("meta_batch")
+    zeta_init: float = default_hparam("zeta_init")
+    meta_steps: int = _B.meta_steps
+    report_every: int = _B.report_every
+    val_tasks: int = _E.val_tasks
+    val_seed: int = _E.val_seed
     eval_split: str = "test"
-    eval_seed: int = 1
-    eval_tasks: int = 600
-    eval_shots: tuple[int, ...] = (5, 10, 20)
-    eval_steps: tuple[int, ...] = (1, 10)
-    mask_eval: str = "sample"
+    eval_seed: int = _E.seed
+    eval_tasks: int = _E.tasks
+    eval_shots: tuple[int, ...] = tuple(_E.shots)
+    eval_steps: tuple[int, ...] = tuple(_E.inner_steps)
+    mask_eval: str = default_hparam("mask_eval")
     seed: int = 0
     device: str = "auto"
     engine: str = "auto"  # batched | vmap | loop (core.meta.ENGINES) | auto (core.setup.auto_engine: batched for
     #                       dense nets, the measured fastest for the conv net on the device)
     cuda_graphs: bool = True  # CUDA: meta-gradient replayed from a captured graph (core/graphs.py)
     tf32: bool = False  # CUDA: TF32 convolutions/matmuls (core.setup.Setup.math_mode)
-    cka_tasks: int = 0  # image tasks: > 0 computes per-layer CKA before/after the inner loop on that many
+    cka_tasks: int = _E.cka_tasks  # image tasks: > 0 computes per-layer CKA before/after the inner loop on that many
     #                     evaluation tasks (the results table `cka`, core/similarity.py); learners without an
     #                     inner loop of parameters skip it
     extra_hparams: dict = field(default_factory=dict)  # a learner family's own hyper-parameters, by name
@@ -138,7 +143,7 @@ def curve_columns(rows: list[dict]) -> dict:
     return {n: [r.get(n) for r in rows] for n in CURVE_COLUMNS}
 
 
-def _failure(phase: str, e: Exception) -> str:
+def failure(phase: str, e: Exception) -> str:
     """The message of a trial's crash, for its row: the phase, the exception, the innermost frames."""
     return f"{phase}: {type(e).__name__}: {e}\n{traceback.format_exc(limit=-4)}"
 
@@ -175,7 +180,7 @@ def run_trial(cfg: TrialConfig, *, trial_id: str, experiment: str = "train", sta
             if cfg.cka_tasks > 0 and hasattr(setup.learner, "trajectory"):  # learners that adapt parameters
                 cka_cols = _cka(cfg, setup, state)
     except Exception as e:  # a result to record, not a crash of the sweep
-        status, error = "errored", _failure(phase, e)
+        status, error = "errored", failure(phase, e)
     final_val = state.curves[-1]["val_loss"] if state.curves else None
     row = trial_row(cfg, **ident, setup=setup, status=status, error=error or None, meta_steps=state.step,
                     wall_seconds=state.extra.get("wall_seconds", time.perf_counter() - t0), final_val_loss=final_val)

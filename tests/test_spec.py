@@ -8,7 +8,7 @@ import pytest
 
 from metasweep.sweeps.errors import UserError
 from metasweep.sweeps.plan import cells, grid_trial_configs, search_space, stage_test_configs, tune_trial_base
-from metasweep.sweeps.spec import load_spec
+from metasweep.sweeps.spec import load_spec, parse_spec
 
 SHIPPED = sorted((Path(__file__).parents[1] / "sweeps" / "specs").glob("*.yaml"))
 OK = "experiment: x\nvariants: [maml]\n"
@@ -40,7 +40,7 @@ MALFORMED = [
     (OK + "test: {seeds: [1, 1]}\n", "field test.seeds: must be a non-empty list of distinct integers"),
     (OK + "mode: grid\n", "mode grid needs a 'grid' mapping"),
     (OK + "mode: grid\ngrid: {lr: [0.1]}\n", "field grid: cannot grid over 'lr'"),
-    (OK + "mode: grid\ngrid: {alpha: [0.1, -1]}\n", "field grid: alpha: values must be positive finite numbers"),
+    (OK + "mode: grid\ngrid: {alpha: [0.1, -1]}\n", "field grid.alpha: must be a positive finite number (got -1)"),
     (OK + "grid: {alpha: [0.1]}\n", "'grid' only applies with mode: grid"),
     ("experiment: has space\nvariants: [maml]\n", "field experiment: String should match pattern"),
     ("experiment: x\nvariants: [maml\n", "not valid YAML at line"),
@@ -82,7 +82,9 @@ def test_a_shipped_spec_can_be_named_from_any_folder(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
-def test_shipped_specs_are_valid(path):
+def test_shipped_specs_are_valid(path, monkeypatch, tmp_path):
+    monkeypatch.setenv("OMNIGLOT_ROOT", str(tmp_path))  # the image specs read their data root from these
+    monkeypatch.setenv("MINIIMAGENET_ROOT", str(tmp_path))
     spec, _, _ = load_spec(path)
     assert cells(spec)
 
@@ -127,3 +129,22 @@ def test_grid_over_a_task_option(tmp_path):
                     "grid: {task.order: [-1]}\n")
     with pytest.raises(UserError, match="grid: task.order=-1: polynomial order must be an integer >= 0"):
         load_spec(path)
+
+
+def test_any_declared_hyper_parameter_by_name_and_integer_switches():
+    """defaults, grids and switches beyond alpha/beta/c: a learner's own hyper-parameter, integers."""
+    text = ("experiment: g\nmode: grid\nvariants: [maml, {name: p10, preset: protonet, switches: {train_ways: 10, "
+            "distance: cosine}}, matching]\ndefaults: {cosine_scale: 7, beta: 0.002}\n"
+            "grid: {attention_scale: [1, 5.0], inner_steps: [1, 2]}\ntest: {seeds: [0]}\n")
+    spec, _, _ = parse_spec(text, "g.yaml")
+    configs = grid_trial_configs(spec)
+    p10 = [c for cell, c in configs if cell.variant == "p10"]
+    assert p10[0].variant_overrides == {"train_ways": 10, "distance": "cosine"}
+    assert isinstance(p10[0].variant_overrides["train_ways"], int) and p10[0].hparam("cosine_scale") == 7
+    assert {c.beta for _, c in configs} == {0.002}
+    assert sorted({c.hparam("attention_scale") for cell, c in configs if cell.variant == "matching"}) == [1.0, 5.0]
+    assert {c.inner_steps for _, c in configs} == {1, 2} and len(configs) == 3 * 2 * 2
+    with pytest.raises(UserError, match="field grid: cannot grid over 'cosine_scale'; allowed: meta_steps, task.OPTION"):
+        parse_spec(text.replace("attention_scale: [1, 5.0]", "cosine_scale: [1, 5]").replace(
+            "{name: p10, preset: protonet, switches: {train_ways: 10, distance: cosine}}", "protonet").replace(
+            "defaults: {cosine_scale: 7, beta: 0.002}", "defaults: {beta: 0.002}"), "g.yaml")

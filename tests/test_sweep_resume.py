@@ -1,13 +1,19 @@
-"""Killing the driver mid-sweep, then `metasweep resume`: every trial and row exactly once."""
+"""Killing the driver mid-sweep, then `metasweep resume`: every trial and row exactly once; a second
+driver meanwhile is refused; resumed after a move (SIGKILL) or with a foreign file in the dataset
+(SIGINT)."""
 
 import collections
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 
 import optuna
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from raynode import RayHead
 
@@ -31,6 +37,19 @@ def ray_head():
     head = RayHead(num_cpus=2)
     yield head
     head.stop()
+
+
+def wait_until_quiet(exp, seconds: float = 3.0, limit: float = 120.0) -> None:
+    """Until no file of the experiment changed for `seconds`."""
+    def snapshot():
+        return sorted((str(p), p.stat().st_mtime_ns) for p in exp.rglob("*") if p.is_file())
+
+    last, since, deadline = snapshot(), time.time(), time.time() + limit
+    while time.time() - since < seconds and time.time() < deadline:
+        time.sleep(0.5)
+        now = snapshot()
+        if now != last:
+            last, since = now, time.time()
 
 
 def cli(*args):
@@ -57,6 +76,11 @@ def test_killed_driver_then_resume_gives_every_trial_and_row_exactly_once(tmp_pa
             time.sleep(0.2)
         else:
             pytest.fail("no trial got past its second report in time")
+        # a second driver on the same experiment (issue 11 case 8): refused at once, naming the holder
+        second = subprocess.run(cli("sweep", "spec.yaml", "--address", ray_head.address, "--no-rank"), cwd=tmp_path,
+                                capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2 and "Traceback" not in second.stderr, second.stderr[-2000:]
+        assert f"is being run by another driver: host {socket.gethostname()}, pid {driver.pid}, since " in second.stderr
         if how == "SIGINT":  # Ctrl+C: Tune stops gracefully; the sweep must say it is unfinished
             os.kill(driver.pid, signal.SIGINT)
             assert driver.wait(120) == 130
@@ -70,16 +94,32 @@ def test_killed_driver_then_resume_gives_every_trial_and_row_exactly_once(tmp_pa
     assert not (exp / "manifest.json").exists() or '"test": "done"' not in (exp / "manifest.json").read_text()
     partial = read_raw(str(exp), "trials").num_rows
     assert partial >= 2
+    if how == "SIGKILL":
+        # moved before it is resumed (case 7): nothing stored depends on where it was
+        wait_until_quiet(exp)  # the killed driver's trials stop with it (Ray ends its job's actors)
+        old, exp = exp, tmp_path / "moved" / "resume"
+        exp.parent.mkdir()
+        shutil.move(old, exp)
+    else:
+        # a foreign file in the dataset (case 9): resume sets it aside, says so, and goes on
+        pq.write_table(pa.table({"something": [1]}), exp / "trials" / "foreign.parquet")
 
     r = subprocess.run(cli("resume", str(exp), "--address", ray_head.address, "--no-rank"), cwd=tmp_path,
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
+    if how == "SIGKILL":
+        assert not old.exists()  # resumed trials wrote to the new place only
+        assert "breaking the stale lease of an earlier driver" in r.stderr  # its driver is gone
+    else:
+        assert (exp / "damaged" / "trials" / "foreign.parquet").exists()
+        assert "set aside a file the dataset cannot read" in r.stderr and "foreign.parquet" in r.stderr
 
     ds = read_dataset(str(exp))
     trials = ds["trials"].to_pylist()
     per_cell = collections.Counter((t["stage"], t["variant"]) for t in trials)
     assert per_cell == {("tune", "maml"): 3, ("tune", "mt-net"): 3, ("test", "maml"): 2, ("test", "mt-net"): 2}
-    assert all(t["status"] == "completed" for t in trials)
+    assert all(t["status"] == "completed" for t in trials), [(t["trial_id"], t["error"]) for t in trials
+                                                             if t["status"] != "completed"]
     assert sorted((t["variant"], t["seed"]) for t in trials if t["stage"] == "test") == \
         [("maml", 0), ("maml", 1), ("mt-net", 0), ("mt-net", 1)]
     # curves: exactly one row per report per trial, no duplicates after restarts

@@ -212,6 +212,8 @@ class ImageFamily(FamilyBase):
     cache_dir: str = ""
     loss = "cross_entropy"
     rotate = False
+    path_options = ("data_root", "cache_dir")  # options that are paths (a spec file resolves them relative to itself)
+    required_options = ("data_root",)  # options without a usable default
 
     @property
     def output_dim(self) -> int:

@@ -1,0 +1,187 @@
+"""The stages of a sweep on Ray Tune: a tune cell (Optuna on meta-validation tasks) and a fixed stage
+(the test stage's configurations, or a grid). Each remembers the inputs it ran with (a hash per cell
+in the manifest), settles its trials in the dataset when it ends (a trial Ray gave up on is
+`errored` with its message; one the scheduler stopped is `stopped_early`), and fails the sweep when
+every trial errored. The store does all the file work."""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass
+
+from metasweep.analysis.store import mark_unfinished, quarantine_trials, read_raw, read_trials, write_trial
+
+from . import tuner as tuners
+from .console import make_console
+from .errors import UserError
+from .plan import Cell, inputs_hash, search_space, tune_inputs, tune_trial_base
+from .session import fit, tune_error
+from .spec import Spec
+from .study import make_searcher, running_study
+from .trial import TrialConfig, resolve_device, trial_row
+
+console = make_console(stderr=True)
+
+
+class StageFailed(Exception):
+    """A stage that cannot give a result (every trial errored; a cell without a finite tune result
+    when the spec says to fail): the sweep exits non-zero, the rows written are kept."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """The sweep being run: its spec, where the experiment is, its spec's hash, and its manifest."""
+
+    spec: Spec
+    exp_uri: str
+    spec_hash: str
+    manifest: dict
+
+    def meta(self, stage: str, cell: Cell) -> dict:
+        return {"experiment": self.spec.experiment, "stage": stage, "variant": cell.variant,
+                "spec_hash": self.spec_hash, "cpus": self.spec.resources.cpu}
+
+
+# ------------------------------------------------------------------------------------------ tune
+
+
+def run_tune_cell(run: Run, cell: Cell) -> None:
+    """One cell's Optuna search (skipped when done with the same inputs; refused when done with others)."""
+    from ray import tune
+
+    spec, name = run.spec, f"tune-{cell.name}"
+    inputs = tune_inputs(spec, cell)
+    if run.manifest["cells"].get(name) == "done":
+        if run.manifest.get("inputs", {}).get(name, inputs) != inputs:
+            raise UserError(f"{run.exp_uri}: stage {name} ran with other inputs (its trial configuration or "
+                            "search space changed since); start a new experiment (another `experiment:` name)")
+        return
+    space = search_space(spec, cell.variant)
+    label = f"{spec.experiment}.{cell.name}"
+
+    def make():
+        tune_config = tune.TuneConfig(
+            search_alg=make_searcher(space, spec.search.sampler_seed, label, spec.max_concurrent),
+            scheduler=tuners.scheduler(spec), metric="val_loss", mode="min",
+            num_samples=spec.search.trials_per_variant, reuse_actors=True)
+        return tuners.new_tuner(spec, run.exp_uri, name,
+                                {"trial": tune_trial_base(spec, cell).to_dict(), "meta": run.meta("tune", cell)},
+                                tune_config)
+
+    console.print(f"[bold]{name}[/]: Optuna over {', '.join(space)} "
+                  f"({spec.search.trials_per_variant} trials, meta-validation tasks)")
+    with running_study(run.exp_uri, label), tuners.located(run.exp_uri, label):
+        trials = fit(tuner_for(run, name, make, "tune", [cell]), spec.search.trials_per_variant, name)
+    settle(run, "tune", trials, {cell})
+    fail_if_all_errored(run.exp_uri, "tune", [cell], name)
+    run.manifest["cells"][name] = "done"
+    run.manifest.setdefault("inputs", {})[name] = inputs
+
+
+# ------------------------------------------------------------------------------------------ fixed
+
+
+def run_fixed_stage(run: Run, stage: str, configs: list[tuple[Cell, TrialConfig]]) -> None:
+    """One Tuner over fixed configurations (the test stage, or a grid). A cell that ran before with
+    other inputs (e.g. on the defaults, before its tune stage ran) has its old rows set aside and runs
+    again, saying so; a cell done with the same inputs is kept."""
+    from ray import tune
+
+    by_cell = collections.defaultdict(list)
+    for cell, cfg in configs:
+        by_cell[cell].append(cfg)
+    inputs = {cell.name: inputs_hash(cfgs) for cell, cfgs in by_cell.items()}
+    remembered = run.manifest.setdefault("inputs", {})
+    done = remembered.get(stage, {}) if run.manifest["cells"].get(stage) == "done" else {}
+    todo = [cell for cell in by_cell if done.get(cell.name) != inputs[cell.name]]
+    if not todo:
+        return
+    changed = [cell.name for cell in todo if cell.name in done]
+    if changed:
+        console.print(f"{stage}: cell(s) {', '.join(changed)} ran with other inputs (their configurations changed, "
+                      "e.g. tuned since): their old rows are set aside (orphaned/), running them again")
+        quarantine_rows(run.exp_uri, stage, [c for c in todo if c.name in changed], quiet=True)
+    points = [{"trial": cfg.to_dict(), "meta": run.meta(stage, cell)} for cell in todo for cfg in by_cell[cell]]
+    name = stage if len(todo) == len(by_cell) and not done else f"{stage}-{inputs_hash(sorted(c.name for c in todo))[:8]}"
+
+    label = f"{run.spec.experiment}.{name}"
+
+    def make():
+        generator = tuners.grid(label, run.spec.max_concurrent)
+        return tuners.new_tuner(run.spec, run.exp_uri, name, {"point": tune.grid_search(points)},
+                                tune.TuneConfig(search_alg=generator, reuse_actors=True))
+
+    console.print(f"[bold]{name}[/]: {len(points)} trials")
+    with tuners.located(run.exp_uri, label):
+        trials = fit(tuner_for(run, name, make, stage, todo), len(points), name)
+    settle(run, stage, trials, set(todo))
+    fail_if_all_errored(run.exp_uri, stage, todo, name)
+    run.manifest["cells"][stage] = "done"
+    remembered[stage] = {**done, **{cell.name: inputs[cell.name] for cell in todo}}
+
+
+# ------------------------------------------------------------------------------------------ shared
+
+
+def tuner_for(run: Run, name: str, make, stage: str, cells: list[Cell]):
+    """Restore a stage's Tuner if Tune saved one (resume), else make a new one, after setting aside the
+    rows an abandoned earlier run of these cells wrote."""
+    if tuners.can_restore(run.exp_uri, name):
+        console.print(f"[bold]{name}[/]: resuming")
+        return tuners.restore(run.spec, run.exp_uri, name)
+    quarantine_rows(run.exp_uri, stage, cells)
+    return make()
+
+
+def quarantine_rows(exp_uri: str, stage: str, cells: list[Cell], quiet: bool = False) -> int:
+    """Set aside (the store moves them to `orphaned/`, never read) the rows of these cells of a stage,
+    so that a cell run again does not count twice."""
+    keys = {(c.variant, c.shots) for c in cells}
+    ids = {r["trial_id"] for r in read_raw(exp_uri, "trials").to_pylist()
+           if r["stage"] == stage and (r["variant"], r["train_shots"]) in keys}
+    if not ids:
+        return 0
+    moved = quarantine_trials(exp_uri, ids)
+    if not quiet:
+        console.print(f"{stage}: set aside {len(ids)} trial(s) of an abandoned earlier run (see orphaned/)")
+    return moved
+
+
+def settle(run: Run, stage: str, trials: list, cells: set[Cell]) -> None:
+    """Every trial of the stage ends with a final row: one Ray gave up on (after max_failures restarts)
+    is `errored` with its message (a row written for it if it had none); one still `running` (the
+    scheduler stopped it) is `stopped_early`."""
+    have = {r["trial_id"] for r in read_raw(run.exp_uri, "trials").select(["trial_id"]).to_pylist()}
+    for t in trials:
+        if t.status != "ERROR":
+            continue
+        trial_id, error = f"{stage}-{t.trial_id}", tune_error(t)
+        if trial_id in have:
+            mark_unfinished(run.exp_uri, stage, "errored", trial_ids=[trial_id], error=error)
+        else:
+            errored_row(run, stage, trial_id, t.config, error)
+    mark_unfinished(run.exp_uri, stage)
+
+
+def errored_row(run: Run, stage: str, trial_id: str, config: dict, error: str) -> None:
+    from .trainable import trial_config_of
+
+    meta, cfg = trial_config_of(config)
+    row = trial_row(cfg, experiment=run.spec.experiment, stage=stage, trial_id=trial_id, attempt=0,
+                    spec_hash=run.spec_hash, started=None, status="errored", variant=meta["variant"], error=error,
+                    device=resolve_device(cfg.device))
+    write_trial(run.exp_uri, row, {}, {})
+
+
+def fail_if_all_errored(exp_uri: str, stage: str, cells: list[Cell], name: str) -> None:
+    """StageFailed with a summary of the errors when no trial of these cells of the stage ran."""
+    keys = {(c.variant, c.shots) for c in cells}
+    rows = [r for r in read_trials(exp_uri).to_pylist() if r["stage"] == stage and (r["variant"], r["train_shots"]) in keys]
+    if rows and all(r["status"] == "errored" for r in rows):
+        raise StageFailed(f"{name}: every trial errored ({len(rows)}); rows kept in {exp_uri}\n" + error_summary(rows))
+
+
+def error_summary(rows: list[dict]) -> str:
+    """One line per distinct error (its first line), with how many trials had it."""
+    counts = collections.Counter((r.get("error") or "no message").strip().splitlines()[0] for r in rows)
+    return "\n".join(f"  {n} x {message}" for message, n in counts.most_common())
