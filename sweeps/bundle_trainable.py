@@ -6,7 +6,8 @@ node, and writes each member's Parquet rows itself under the member's own trial 
 are those it would have written as a trial of its own (sweeps/bundle_trial.py).
 
 config: {"meta": {...as metasweep_trainable's...}, "members": [{"trial": TrialConfig dict,
-"trial_id": str, "variant": spec name}, ...]}.
+"trial_id": str, "variant": spec name}, ...]}; `results_uri` as for metasweep_trainable (where the
+experiment is now, never stored in Tune's state).
 """
 
 from __future__ import annotations
@@ -30,6 +31,23 @@ from .trial import now as utc_now
 STATUS_FILE = "members.json"
 
 
+def members_of(config: dict) -> list[dict]:
+    """The members of a bundle's Tune config: listed (test / grid stages: "members"), or drawn by the
+    tune stage's BundleSearch ("hps" and the Optuna trial "numbers" on the cell's base "trial")."""
+    if "members" in config:
+        return config["members"]
+    from .bundle_search import member_id
+
+    meta, out = config["meta"], []
+    for hps, number in zip(config["hps"], config["numbers"]):
+        cfg = TrialConfig.from_dict(dict(config["trial"]))
+        for k, v in hps.items():
+            cfg.set_hparam(k, v)
+        out.append({"trial": cfg.to_dict(), "trial_id": member_id(meta["stage"], meta["cell"], number),
+                    "variant": meta["variant"]})
+    return out
+
+
 def _member_file(i: int) -> str:
     return f"member{i}.pt"
 
@@ -47,12 +65,14 @@ def _restore(cfgs: list[TrialConfig]):
     return states, [s or "running" for s in saved["statuses"]], [a + 1 for a in saved["attempts"]]
 
 
-def metasweep_bundle_trainable(config: dict) -> None:
-    meta, specs = config["meta"], config["members"]
+def metasweep_bundle_trainable(config: dict, results_uri: str) -> None:
+    if "bundle" in config:  # a grid point of fixed bundles (test / grid stages)
+        config = {**config["bundle"], **{k: v for k, v in config.items() if k != "bundle"}}
+    meta, specs = config["meta"], members_of(config)
     cfgs = [TrialConfig.from_dict(m["trial"]) for m in specs]
     ids = [m["trial_id"] for m in specs]
     torch.set_num_threads(max(1, int(meta.get("cpus", 1))))
-    uri = meta["results_uri"]
+    uri = results_uri
     states, statuses, attempts = _restore(cfgs)
     started = utc_now()
     live: dict[int, object] = {}  # member index -> Member (known from its first report)

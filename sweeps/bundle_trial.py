@@ -24,10 +24,10 @@ from .trial import (
     TrialConfig,
     TrialResult,
     _cka,
-    _failure,
     build_setup,
     check_trial,
     curve_columns,
+    failure,
     now,
     resolve_device,
     trial_row,
@@ -96,7 +96,7 @@ def run_bundle(cfgs: list[TrialConfig], *, trial_ids: list[str], experiment: str
     except Exception as e:  # a crash of the bundle's computation: every member still running errors with it
         for i in order:
             if members[i].status in ("running", "completed") and i not in evals:
-                members[i].status, errors[i] = "errored", _failure(phase, e)
+                members[i].status, errors[i] = "errored", failure(phase, e)
     for i in order:
         results[i] = _result(cfgs[i], members[i], ident[i], evals.get(i, {}), errors[i], t0)
     return results
@@ -126,7 +126,7 @@ def _result(cfg: TrialConfig, m: Member, ident: dict, eval_cols: dict, error: st
         try:
             cka_cols = _cka(cfg, m.setup, m.state)
         except Exception as e:
-            status, error = "errored", _failure("CKA", e)
+            status, error = "errored", failure("CKA", e)
     final_val = m.state.curves[-1]["val_loss"] if m.state.curves else None
     row = trial_row(cfg, **ident, setup=m.setup, status=status, error=error or None, meta_steps=m.state.step,
                     wall_seconds=m.state.extra.get("wall_seconds", time.perf_counter() - t0), final_val_loss=final_val)

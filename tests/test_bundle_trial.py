@@ -84,13 +84,13 @@ def test_bundles_run_as_ray_tune_trials_write_each_members_rows(tmp_path):
     cfgs = [cfg(seed=s, alpha=a) for s in (0, 1) for a in (0.01, 0.05)]
     groups = bundle_groups(list(enumerate(cfgs)), 2, key=lambda item: item[1])
     uri = str(tmp_path / "exp")
-    meta = {"experiment": "exp", "stage": "grid", "results_uri": uri, "spec_hash": "h", "cpus": 1,
-            "bundle_mode": "loop"}
+    meta = {"experiment": "exp", "stage": "grid", "spec_hash": "h", "cpus": 1, "bundle_mode": "loop"}
     points = [{"meta": meta, "members": [{"trial": c.to_dict(), "trial_id": f"grid-{i}", "variant": c.variant}
                                          for i, c in g]} for g in groups]
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        tuner = tune.Tuner(tune.with_resources(lambda c: metasweep_bundle_trainable(c["bundle"]), {"cpu": 1}),
+        fn = tune.with_parameters(metasweep_bundle_trainable, results_uri=uri)
+        tuner = tune.Tuner(tune.with_resources(fn, {"cpu": 1}),
                            param_space={"bundle": tune.grid_search(points)},
                            run_config=tune.RunConfig(storage_path=str(tmp_path / "ray"), verbose=0))
         results = tuner.fit()
