@@ -17,7 +17,8 @@ import torch
 from .setup import Setup
 from .tasks import task_seed
 
-ROWS = ("task_index", "shots", "inner_steps", "loss", "accuracy")
+METRICS = ("loss", "accuracy", "return")  # per-task values; a learner's task_metrics gives loss and any of the others
+ROWS = ("task_index", "shots", "inner_steps", *METRICS)
 
 
 def eval_noise(setup: Setup, params, split: str, eval_seed: int, indices, steps: int, learner=None) -> dict:
@@ -33,9 +34,10 @@ def eval_noise(setup: Setup, params, split: str, eval_seed: int, indices, steps:
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
 
-def _trajectory_metrics(setup: Setup, learner, params, batch, noise, steps: int, mask_mode: str):
-    """Query loss (and accuracy) of every task after 0..steps inner steps: [tasks, steps + 1]
-    (a learner without an inner loop: [tasks, 1], its only output, recorded at step 0)."""
+def output_metrics(setup: Setup, learner, params, batch, noise, steps: int, mask_mode: str) -> dict:
+    """Query loss (and, for classification, accuracy) of every task after 0..steps inner steps, from
+    the learner's `outputs`: {"loss": [tasks, steps + 1], "accuracy": ...} (a learner without an inner
+    loop: [tasks, 1], its only output, recorded at step 0)."""
     from .losses import PER_TASK
 
     outs = learner.outputs(setup, params, batch.x_support, batch.y_support, batch.x_query, noise,
@@ -43,10 +45,20 @@ def _trajectory_metrics(setup: Setup, learner, params, batch, noise, steps: int,
                            batched=True)
     per_task = PER_TASK[setup.family.loss]
     with torch.no_grad():
-        losses = [per_task(out, batch.y_query) for out in outs]
-        accs = [(out.argmax(-1) == batch.y_query).to(out.dtype).flatten(1).mean(1) for out in outs] \
-            if setup.family.loss == "cross_entropy" else []
-    return torch.stack(losses, 1), (torch.stack(accs, 1) if accs else None)
+        out = {"loss": torch.stack([per_task(o, batch.y_query) for o in outs], 1)}
+        if setup.family.loss == "cross_entropy":
+            out["accuracy"] = torch.stack([(o.argmax(-1) == batch.y_query).to(o.dtype).flatten(1).mean(1)
+                                           for o in outs], 1)
+    return out
+
+
+def task_metrics(setup: Setup, learner, params, batch, noise, steps: int, mask_mode: str) -> dict:
+    """The learner's own per-task metrics when it has them (an RL learner rolls its policy out:
+    core.learners.rl), else `output_metrics`. Values [tasks, steps + 1] by name (METRICS)."""
+    own = getattr(learner, "task_metrics", None)
+    if own is not None:
+        return own(setup, params, batch, noise, steps=steps if learner.inner_loop else 0, mask_mode=mask_mode)
+    return output_metrics(setup, learner, params, batch, noise, steps, mask_mode)
 
 
 def evaluate(setup: Setup, params, *, split: str = "test", eval_seed: int = 1, n_tasks: int = 600,
@@ -55,7 +67,8 @@ def evaluate(setup: Setup, params, *, split: str = "test", eval_seed: int = 1, n
     """Adapt to each of `n_tasks` fixed tasks with every shot count and report the query loss after
     each requested number of inner steps (0 = before adaptation). A learner without an inner loop
     gives rows at inner_steps = 0 only, whatever `steps` asks. Returns column arrays
-    (task_index, shots, inner_steps, loss, accuracy) ready for the eval_tasks table.
+    (task_index, shots, inner_steps, loss, accuracy, return) ready for the eval_tasks table (accuracy:
+    classification only; return: RL only, where loss = -return; NaN elsewhere).
 
     `learner` (default the setup's) evaluates the same parameters another way, e.g. NIL's cosine
     readout (`CosineReadout(setup.learner)`) or with frozen cells (`setup.learner.with_frozen(...)`)."""
@@ -76,7 +89,7 @@ def _evaluate(setup, learner, params, split, eval_seed, n_tasks, shots, steps, m
     # regression tasks are tiny, so their chunk is every task
     per_task = (max(shots) + setup.queries) * ways * math.prod(setup.family.input_shape)
     chunk = max(1, min(chunk, (1 << 23) // per_task))
-    parts: dict[int, tuple[list, list]] = {k: ([], []) for k in shots}
+    parts: dict[int, list[dict]] = {k: [] for k in shots}
     for start in range(0, n_tasks, chunk):
         # tasks are pure functions of their index: building them chunk by chunk changes nothing and
         # bounds memory (600 MiniImagenet tasks would not fit at once)
@@ -86,18 +99,17 @@ def _evaluate(setup, learner, params, split, eval_seed, n_tasks, shots, steps, m
         noise = eval_noise(setup, params, split, eval_seed, idx, max_steps, learner)
         for k in shots:
             with torch.no_grad():
-                loss, acc = _trajectory_metrics(setup, learner, params, batch.shots(k, ways), noise, max_steps,
-                                                mask_mode)
-            parts[k][0].append(loss)
-            parts[k][1].append(acc)
+                parts[k].append(task_metrics(setup, learner, params, batch.shots(k, ways), noise, max_steps,
+                                             mask_mode))
     cols = {name: [] for name in ROWS}
     for k in shots:
-        loss = torch.cat(parts[k][0]).cpu().double().numpy()  # [n_tasks, max_steps + 1]
-        acc = None if parts[k][1][0] is None else torch.cat(parts[k][1]).cpu().double().numpy()
+        # [n_tasks, max_steps + 1] per metric; a metric the learner does not give is NaN
+        values = {m: torch.cat([p[m] for p in parts[k]]).cpu().double().numpy() if m in parts[k][0] else None
+                  for m in METRICS}
         for s in steps:
             cols["task_index"].append(np.arange(n_tasks))
             cols["shots"].append(np.full(n_tasks, k))
             cols["inner_steps"].append(np.full(n_tasks, s))
-            cols["loss"].append(loss[:, s])
-            cols["accuracy"].append(acc[:, s] if acc is not None else np.full(n_tasks, np.nan))
+            for m, v in values.items():
+                cols[m].append(v[:, s] if v is not None else np.full(n_tasks, np.nan))
     return {k: np.concatenate(v) for k, v in cols.items()}
