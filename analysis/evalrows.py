@@ -152,7 +152,7 @@ def parts_from_con(con: duckdb.DuckDBPyConnection, trials: list[dict], metric: s
                       "code": pa.array(range(len(trials)), pa.int64())})
     con.register("_ranking_codes", codes)
     try:
-        table = con.sql(f"""select c.code, e.inner_steps, e.shots, e.task_index, e.split, e.{metric}
+        table = con.sql(f"""select c.code, e.inner_steps, e.shots, e.task_index, e.split, e."{metric}"
                             from eval_tasks e join _ranking_codes c using (trial_id, attempt)""").to_arrow_table()
     finally:
         con.unregister("_ranking_codes")
