@@ -34,6 +34,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=str, help="comma-separated, default the spec's")
     ap.add_argument("--variants", type=str, help="comma-separated, default the spec's")
     ap.add_argument("--eval-tasks", type=int)
+    ap.add_argument("--meta-batch", type=int)
+    ap.add_argument("--shots", type=int, help="trajectories per inner step (train and eval shots)")
+    ap.add_argument("--queries", type=int, help="trajectories that measure a return")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     spec, _, _ = load_spec(args.spec)
@@ -51,6 +54,12 @@ def main(argv=None) -> int:
             cfg.report_every = min(args.report_every, cfg.meta_steps)
         if args.eval_tasks:
             cfg.eval_tasks = args.eval_tasks
+        if args.meta_batch:
+            cfg.meta_batch = args.meta_batch
+        if args.shots:
+            cfg.train_shots, cfg.eval_shots = args.shots, (args.shots,)
+        if args.queries:
+            cfg.queries = args.queries
         trial_id = f"{cell.variant}-s{cfg.seed}"
         if trial_id in done:
             continue
