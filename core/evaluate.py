@@ -88,7 +88,7 @@ def _evaluate(setup, learner, params, split, eval_seed, n_tasks, shots, steps, m
     # at most ~8M input values per chunk (image tasks: 600 MiniImagenet tasks are ~5 GB of pixels);
     # regression tasks are tiny, so their chunk is every task
     per_task = (max(shots) + setup.queries) * ways * math.prod(setup.family.input_shape)
-    chunk = max(1, min(chunk, (1 << 23) // per_task))
+    chunk = max(1, min(chunk, (1 << 23) // per_task, getattr(setup.family, "eval_chunk", chunk)))
     parts: dict[int, list[dict]] = {k: [] for k in shots}
     for start in range(0, n_tasks, chunk):
         # tasks are pure functions of their index: building them chunk by chunk changes nothing and

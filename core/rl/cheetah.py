@@ -58,6 +58,7 @@ class _Cheetah(RLFamily):
     obs_dim = 17
     act_dim = 6
     task_dim = 1
+    eval_chunk = 20  # evaluation tasks per batch: 20 x (queries + shots) environments (800 at 20 + 20)
 
     def __post_init__(self) -> None:
         if int(self.horizon) != self.horizon or self.horizon < 1:
