@@ -83,19 +83,19 @@ class _Cheetah(RLFamily):
         o, _ = env.reset(seed=[int(s) for s in seeds.flatten().tolist()])
         obs, actions, rewards = [], [], []
         for t in range(self.horizon):
-            ob = torch.as_tensor(o, dtype=dtype).reshape(n_tasks, n, self.obs_dim)
+            ob = torch.as_tensor(o, dtype=dtype, device=tasks.device).reshape(n_tasks, n, self.obs_dim)
             a = act(ob, t)
             obs.append(ob)
             actions.append(a)
-            clipped = a.detach().reshape(n_tasks * n, self.act_dim).double().clamp(-1.0, 1.0).numpy()
+            clipped = a.detach().reshape(n_tasks * n, self.act_dim).double().clamp(-1.0, 1.0).cpu().numpy()
             if not np.isfinite(clipped).all():  # a NaN policy: no simulation of NaN controls
-                rewards += [torch.full((n_tasks, n), float("nan"), dtype=dtype)] * (self.horizon - t)
+                rewards += [torch.full((n_tasks, n), float("nan"), dtype=dtype, device=tasks.device)] * (self.horizon - t)
                 obs += [ob] * (self.horizon - t - 1)
                 actions += [a] * (self.horizon - t - 1)
                 break
             o, _, _, _, info = env.step(clipped)
             r = self.task_reward(task, np.asarray(info["x_velocity"])) - self.ctrl_cost * (clipped**2).sum(-1)
-            rewards.append(torch.as_tensor(r, dtype=dtype).reshape(n_tasks, n))
+            rewards.append(torch.as_tensor(r, dtype=dtype, device=tasks.device).reshape(n_tasks, n))
         rewards_t = torch.stack(rewards, 2)
         return Trajectories(torch.stack(obs, 2), torch.stack(actions, 2), rewards_t, torch.ones_like(rewards_t))
 

@@ -48,11 +48,11 @@ def collect(setup, params: Params, g: torch.Generator) -> MetaBatch:
     fast, support = params, []
     for s in range(hp.inner_steps):
         eps, seeds = draw_noise(family, g, hp.meta_batch, setup.train_shots, setup.dtype)
-        support.append(episodes(setup, *rollout(setup, fast, tasks, eps, seeds)))
+        support.append(episodes(setup, *rollout(setup, fast, tasks, eps.to(setup.device), seeds)))
         with torch.no_grad():
             fast = inner_step(learner, setup, fast, support[-1], noise, s)
     eps, seeds = draw_noise(family, g, hp.meta_batch, setup.queries, setup.dtype)
-    return MetaBatch(tasks, support, episodes(setup, *rollout(setup, fast, tasks, eps, seeds)), noise)
+    return MetaBatch(tasks, support, episodes(setup, *rollout(setup, fast, tasks, eps.to(setup.device), seeds)), noise)
 
 
 def query_dist(setup, params: Params, mb: MetaBatch) -> torch.Tensor:
