@@ -16,7 +16,7 @@ Rounds interleave the cases (the machine is shared and noisy); medians over roun
 the same run. One thread by default. HalfCheetah is skipped (with the reason) where MuJoCo cannot load.
 
     python bench/bench_rl.py [--rounds 3] [--tasks 40] [--trajectories 20] [--cheetah-tasks 10]
-        [--single-trajectories 20] [--threads 1] [--no-cheetah]
+        [--single-trajectories 20] [--threads 1] [--no-cheetah] [--no-rollouts]
 """
 
 from __future__ import annotations
@@ -78,17 +78,18 @@ def bench_rollouts(families, args) -> dict:
     return out
 
 
-def iteration_split(setup) -> tuple[float, float]:
-    """(seconds sampling, seconds of the TRPO step) of one meta-iteration."""
+def iteration_split(setup) -> tuple[float, float, float, float]:
+    """(wall s sampling, wall s TRPO step, CPU s sampling, CPU s TRPO step) of one meta-iteration
+    (CPU time: what a core-hour projection needs on a shared machine)."""
     state = init_state(setup, 0)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     mb = collect(setup, state.params, state.generator)
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     q = mb.query
     trpo_step(state.params, lambda p: query_dist(setup, p, mb), lambda out: -surrogate(out, q.y).mean(),
               lambda out: mean_kl(q.dist, out, q.y).mean(), kl_metric(q.dist, q.y, q.x.shape[0]),
               max_kl=setup.hp.get("max_kl"))
-    return t1 - t0, time.perf_counter() - t1
+    return t1 - t0, time.perf_counter() - t1, c1 - c0, time.process_time() - c1
 
 
 def bench_iterations(families, args) -> dict:
@@ -106,14 +107,14 @@ def bench_iterations(families, args) -> dict:
             times[k].append(iteration_split(setup))
     out = {}
     for (name, preset), ts in times.items():
-        sampling = statistics.median(t[0] for t in ts)
-        step = statistics.median(t[1] for t in ts)
+        sampling, step, cpu_sampling, cpu_step = (statistics.median(t[i] for t in ts) for i in range(4))
         share = sampling / (sampling + step)
         n_tasks = cases[(name, preset)].hp.meta_batch
         out[f"{name}/{preset}"] = {"sampling_s": sampling, "trpo_step_s": step, "sampling_share": share,
-                                   "tasks": n_tasks}
+                                   "cpu_sampling_s": cpu_sampling, "cpu_trpo_step_s": cpu_step, "tasks": n_tasks}
         print(f"{name:13s} {preset:10s} meta-iteration ({n_tasks} tasks): sampling {sampling:6.2f} s, "
-              f"TRPO step {step:6.2f} s -> sampling {100 * share:4.1f} %", flush=True)
+              f"TRPO step {step:6.2f} s -> sampling {100 * share:4.1f} % (CPU: {cpu_sampling:.2f} s + "
+              f"{cpu_step:.2f} s)", flush=True)
     return out
 
 
@@ -126,6 +127,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--single-trajectories", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-cheetah", action="store_true")
+    ap.add_argument("--no-rollouts", action="store_true", help="only the meta-iteration split")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     families = {"navigation2d": registry.make_family("navigation2d")}
@@ -134,7 +136,8 @@ def main(argv=None) -> dict:
         print(f"cheetah-dir skipped: {problem}")
     else:
         families["cheetah-dir"] = registry.make_family("cheetah-dir")
-    result = {"rollouts": bench_rollouts(families, args), "iterations": bench_iterations(families, args)}
+    result = {"rollouts": {} if args.no_rollouts else bench_rollouts(families, args),
+              "iterations": bench_iterations(families, args)}
     print(json.dumps(result, indent=1))
     return result
 
