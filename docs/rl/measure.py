@@ -25,6 +25,23 @@ from metasweep.sweeps.spec import load_spec
 from metasweep.sweeps.trial import run_trial
 
 
+def seed_table(out: str) -> str:
+    """Markdown: per variant and inner steps, mean +- std (ddof 1) over seeds of the seed's mean return
+    over the evaluation tasks (the ANIL paper's Table 1 reports mean +- std over 3 seeds)."""
+    from metasweep.analysis.query import query_table
+
+    rows = query_table(out, """
+        with per_seed as (select t.variant, e.inner_steps, t.seed, avg(e."return") as r
+                          from eval_tasks e join trials t using (trial_id, attempt) where t.status = 'completed'
+                          group by all)
+        select variant, inner_steps, avg(r) as mean, stddev_samp(r) as std, count(*) as seeds
+        from per_seed group by all order by variant desc, inner_steps""").to_pylist()
+    lines = ["| variant | inner steps | return (mean ± std over seeds) | seeds |", "|---|---|---|---|"]
+    lines += [f"| {r['variant']} | {r['inner_steps']} | {r['mean']:.1f} ± {r['std'] or 0:.1f} | {r['seeds']} |"
+              for r in rows]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("spec")
@@ -73,6 +90,8 @@ def main(argv=None) -> int:
         write_trial(args.out, {**result.trial_row, "variant": cell.variant}, result.curves, result.eval_tasks)
         print(f"{trial_id}: {result.status} in {time.perf_counter() - t0:.0f} s "
               f"{result.trial_row.get('error') or ''}", flush=True)
+    print("\n## the papers' convention: mean +- std over seeds of each seed's mean return\n")
+    print(seed_table(args.out))
     for steps in sorted(set(spec.eval.inner_steps)):
         r = compute_ranking(args.out, metric="return", inner_steps=steps, baseline=spec.variant_names()[0])
         print(f"\n## return after {steps} inner step(s)\n\n{render(r, 'markdown')}")
