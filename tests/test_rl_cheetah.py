@@ -27,7 +27,10 @@ def reference_velocities(seed, action, steps):
     """x velocities of a plain gymnasium HalfCheetah-v5 reset with `seed`, stepping `action`."""
     import gymnasium as gym
 
-    env = gym.make(ENV_ID)
+    from metasweep.core.rl.cheetah import quiet_mujoco
+
+    with quiet_mujoco():
+        env = gym.make(ENV_ID)
     env.reset(seed=seed)
     return np.array([env.step(np.clip(action, -1, 1))[4]["x_velocity"] for _ in range(steps)])
 

@@ -15,6 +15,7 @@ but the x coordinate, velocities), its reset noise seeded per trajectory.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,19 +36,27 @@ def mujoco_problem() -> str | None:
     return None
 
 
+@contextmanager
+def quiet_mujoco():
+    """MuJoCo's compiler warns that HalfCheetah's model file uses a deprecated attribute on every make
+    (to stderr and to MUJOCO_LOG.TXT in the working folder): silenced while making environments."""
+    import mujoco
+
+    old = mujoco.get_mju_user_warning()
+    mujoco.set_mju_user_warning(lambda msg: None)
+    try:
+        yield
+    finally:
+        mujoco.set_mju_user_warning(old)
+
+
 def vector_env(n: int):
-    """A SyncVectorEnv of n HalfCheetah-v5 environments, made once per process and size (MuJoCo's
-    compiler warns about the model file on every make: silenced while making)."""
+    """A SyncVectorEnv of n HalfCheetah-v5 environments, made once per process and size."""
     if n not in _POOLS:
         import gymnasium as gym
-        import mujoco
 
-        old = mujoco.get_mju_user_warning()
-        mujoco.set_mju_user_warning(lambda msg: None)
-        try:
+        with quiet_mujoco():
             _POOLS[n] = gym.vector.SyncVectorEnv([lambda: gym.make(ENV_ID) for _ in range(n)])
-        finally:
-            mujoco.set_mju_user_warning(old)
     return _POOLS[n]
 
 
