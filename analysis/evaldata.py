@@ -24,6 +24,7 @@ import numpy as np
 
 from . import labels as lb
 from .evalrows import Part, parts_from_con, parts_from_files, small_unique, union
+from .metrics import get_metric
 from .store import read_trials
 
 Setting = tuple[int, int]  # (train shots, evaluation shots)
@@ -226,8 +227,7 @@ def load_matrices(exp_uri: str, *, metric: str = "loss", stage: str | None = Non
                   con: duckdb.DuckDBPyConnection | None = None) -> EvalMatrices:
     """A stage's trials and evaluation rows at one number of inner steps, as EvalMatrices.
     ValueError naming what is missing (stage, inner steps, accuracy of a regression task)."""
-    if metric not in ("loss", "accuracy"):
-        raise ValueError(f"metric must be loss or accuracy (got {metric!r})")
+    m = get_metric(metric)
     stage, trials = stage_trials(exp_uri, stage, con)
     counts: dict[str, dict[str, int]] = {}
     for t in trials:
@@ -238,8 +238,8 @@ def load_matrices(exp_uri: str, *, metric: str = "loss", stage: str | None = Non
     parts, inner_steps, notes = _at_inner_steps(parts, done, inner_steps, f"{exp_uri}: stage {stage!r}")
     parts, split_notes = _one_split(parts)
     parts = [p for p in parts if p.v.size]
-    if metric == "accuracy" and all(np.isnan(p.v).all() for p in parts):
-        raise ValueError("this dataset has no accuracy (regression tasks): use --metric loss")
+    if metric != "loss" and all(np.isnan(p.v).all() for p in parts):
+        raise ValueError(f"this dataset has {m.absent}")
     dense, seed_notes = _dense(parts, done)
     del parts
     values, tasks, settings, cell_notes = _cell_matrices(dense)

@@ -118,7 +118,8 @@ def _read_eval_file(fs, path: str, code: int, trial_id: str, attempt: int, metri
     pf = open_checked(fs, path, "eval_tasks", ("trial_id", "attempt", *_INT_COLS, "split", metric),
                       read_dictionary=["split"])
     is_split_const, split = _stat_constant(pf, "split")
-    columns = [*_INT_COLS, metric] + ([] if is_split_const else ["split"])
+    present = metric in pf.schema_arrow.names  # a column of LATER_COLUMNS is missing from older files
+    columns = [*_INT_COLS, *([metric] if present else [])] + ([] if is_split_const else ["split"])
     own = _stat_constant(pf, "trial_id") == (True, trial_id) and _stat_constant(pf, "attempt") == (True, attempt)
     try:
         if own:  # the usual case: the file holds this attempt's rows only (store.write_trial)
@@ -128,6 +129,8 @@ def _read_eval_file(fs, path: str, code: int, trial_id: str, attempt: int, metri
             t = t.filter(pc.and_(pc.equal(t["trial_id"], trial_id), pc.equal(t["attempt"], attempt)))
     except Exception as e:
         raise StoreError(f"{path}: not a readable Parquet file ({e})") from None
+    if not present:
+        t = t.append_column(metric, pa.nulls(t.num_rows, pa.float64()))
     return _part(code, t, split if is_split_const else None, metric)
 
 
@@ -152,7 +155,7 @@ def parts_from_con(con: duckdb.DuckDBPyConnection, trials: list[dict], metric: s
                       "code": pa.array(range(len(trials)), pa.int64())})
     con.register("_ranking_codes", codes)
     try:
-        table = con.sql(f"""select c.code, e.inner_steps, e.shots, e.task_index, e.split, e.{metric}
+        table = con.sql(f"""select c.code, e.inner_steps, e.shots, e.task_index, e.split, e."{metric}"
                             from eval_tasks e join _ranking_codes c using (trial_id, attempt)""").to_arrow_table()
     finally:
         con.unregister("_ranking_codes")

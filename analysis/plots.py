@@ -20,6 +20,7 @@ import os
 
 from .figures import alpha, cka, curves, masks, ranks
 from .figures.common import DPI, Context
+from .metrics import get_metric
 from .query import connect
 
 __all__ = ["KINDS", "make_plot"]
@@ -36,8 +37,7 @@ def make_plot(exp_uri: str, kind: str, output_png: str, stage: str | None = None
     and write it as PNG. Raises ValueError naming what is missing when the data cannot make it."""
     if kind not in KINDS:
         raise ValueError(f"plot kind must be one of {', '.join(KINDS)} (got {kind!r})")
-    if metric not in ("loss", "accuracy"):
-        raise ValueError(f"metric must be loss or accuracy (got {metric!r})")
+    get_metric(metric)  # ValueError naming the known metrics
     ctx = Context(connect(exp_uri, _TABLES_NEEDED[kind]), exp_uri, stage)
     fig = FIGURES[kind].figure(ctx, metric)
     fig.tight_layout()

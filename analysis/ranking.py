@@ -2,7 +2,8 @@
 
 Rows are the variants as the spec names them (plus the grid point in grid stages: `maml alpha=0.1`);
 columns are the settings (train shots, evaluation shots) at one number of inner steps. Per (row,
-setting) the value of an evaluation task is its loss (or accuracy) averaged over the row's seeds;
+setting) the value of an evaluation task is its loss (or accuracy, or return: analysis.metrics, which
+also says which direction is better) averaged over the row's seeds;
 every row meets the same tasks, so comparisons are paired on tasks. Cells show mean +- 1.96
 sd/sqrt(n) over tasks (papers' convention) and, with several seeds, a bootstrap interval across
 seeds. The best row of each setting is marked, and so is every row not significantly worse than it
@@ -27,6 +28,7 @@ import numpy as np
 from . import stats
 from .evaldata import CellConfig, EvalMatrices, Setting, load_matrices, untuned_note
 from .labels import row_sort_key, setting_text
+from .metrics import get_metric
 
 N_BOOT = 1000
 EXACT_BOOT_DRAWS = 10_000_000
@@ -64,7 +66,7 @@ class Ranking:
 
     @property
     def lower_is_better(self) -> bool:
-        return self.metric == "loss"
+        return get_metric(self.metric).lower_is_better
 
 
 def compute_ranking(exp_uri: str, *, metric: str = "loss", stage: str | None = None, inner_steps: int | None = None,
@@ -88,7 +90,7 @@ def rank(m: EvalMatrices, baseline: str | None = "maml") -> Ranking:
     """The ranking of EvalMatrices (pure: arrays in, a Ranking out)."""
     rows = sorted({row for row, _ in m.values}, key=lambda r: row_sort_key(m.row_variant[r], m.row_point[r], baseline))
     cells, per_task, notes = _cells(m, rows)
-    lower = m.metric == "loss"
+    lower = get_metric(m.metric).lower_is_better
     base_of = baseline_rows(rows, m.row_variant, m.row_config, baseline)
     paired, score_rows = [], []
     for st in m.settings:

@@ -197,7 +197,8 @@ def print_ranking(r: Ranking, console) -> None:
           caption(r))
     pheader, pbody = paired_rows(r)
     if pbody:
-        table(f"paired tests against {r.baseline} on shared tasks (Δ < 0: lower {r.metric})", pheader, pbody,
+        table(f"paired tests against {r.baseline} on shared tasks (Δ = row − {r.baseline}; {r.metric}: "
+              f"{'lower' if r.lower_is_better else 'higher'} is better)", pheader, pbody,
               pheader.index(f"Δ vs {r.baseline}"))
     cheader, cbody, common = config_rows(r)
     if cbody:

@@ -39,6 +39,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("trial_id", pa.string()), ("attempt", pa.int32()), ("split", pa.string()), ("eval_seed", pa.int64()),
         ("task_index", pa.int32()), ("shots", pa.int32()), ("inner_steps", pa.int32()),
         ("mask_eval", pa.string()), ("loss", pa.float64()), ("accuracy", pa.float64()),
+        ("return", pa.float64()),  # reinforcement learning (analysis.metrics); NaN elsewhere, null in older files
     ]),
     # the feature-reuse analysis (analysis/cka.py): CKA and SVCCA of each layer's activations before vs
     # after the inner loop, per evaluation task. Optional: written by `metasweep train --cka-tasks N` on
@@ -53,6 +54,7 @@ SCHEMAS: dict[str, pa.Schema] = {
 LATER_COLUMNS = {
     "trials": ("learner_kind", "inner_loop", "hparams", "hp_source", "hp_source_trial"),
     "cka": ("cca",),
+    "eval_tasks": ("return",),
 }
 TABLES = ("trials", "curves", "eval_tasks")
 # a trial's status: `running` while it trains (its row is rewritten at every report), then one of the others

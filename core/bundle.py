@@ -41,7 +41,7 @@ from torch.func import grad, vmap
 
 from .evaluate import evaluate_members
 from .hparams import TensorHParams, hparam_def
-from .meta import meta_loss, outer_step, reptile_direction
+from .meta import meta_loss, outer_rule, outer_step, reptile_direction
 from .setup import Setup
 from .state import TrainState
 from .tasks import Batch
@@ -71,7 +71,10 @@ def auto_mode(setup: Setup) -> str:
     """The mode measured fastest (bench/bench_bundle.py, one CPU thread, 8 members of 10-shot sine MAML):
     "fold" at small meta-batches (4 tasks: fold 2900, vmap 1850 member-steps/s; 10: 1860 vs 1520), "vmap"
     at large ones (25: fold 930, vmap 1110), where fold's per-task weight copies cost more than its
-    saved dispatches. "vmap" for learners that cannot fold."""
+    saved dispatches. "vmap" for learners that cannot fold; "loop" for outer rules with no batched gradient
+    (TRPO)."""
+    if not outer_rule(setup.learner.outer).batched_gradient:
+        return "loop"
     if getattr(setup.learner, "fold", False) and setup.hp.meta_batch <= 12:
         return "fold"
     return "vmap"
@@ -86,6 +89,9 @@ def check_bundle(setups: list[Setup], mode: str = "vmap") -> None:
     if not setups:
         raise ValueError("a bundle needs at least one member")
     first = setups[0]
+    if mode != "loop" and not outer_rule(first.learner.outer).batched_gradient:
+        raise ValueError(f"learner {first.learner.name!r} (outer rule {first.learner.outer}) has no batched meta-gradient "
+                         "to map over members: use mode loop")
     if mode == "fold" and not getattr(first.learner, "fold", False):
         raise ValueError(f"learner {first.learner.name!r} cannot be folded into the task dimension: use mode vmap "
                          "or loop")

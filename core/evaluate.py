@@ -17,7 +17,8 @@ import torch
 from .setup import Setup
 from .tasks import task_seed
 
-ROWS = ("task_index", "shots", "inner_steps", "loss", "accuracy")
+METRICS = ("loss", "accuracy", "return")  # per-task values; a learner's task_metrics gives loss and any of the others
+ROWS = ("task_index", "shots", "inner_steps", *METRICS)
 
 
 def eval_noise(setup: Setup, params, split: str, eval_seed: int, indices, steps: int, learner=None) -> dict:
@@ -33,10 +34,12 @@ def eval_noise(setup: Setup, params, split: str, eval_seed: int, indices, steps:
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
 
-def _trajectory_metrics(setup: Setup, learner, params, batch, noise, steps: int, mask_mode: str,
-                        task_params: bool = False):
-    """Query loss (and accuracy) of every task after 0..steps inner steps: [tasks, steps + 1]
-    (a learner without an inner loop: [tasks, 1], its only output, recorded at step 0)."""
+def output_metrics(setup: Setup, learner, params, batch, noise, steps: int, mask_mode: str,
+                   task_params: bool = False) -> dict:
+    """Query loss (and, for classification, accuracy) of every task after 0..steps inner steps, from
+    the learner's `outputs`: {"loss": [tasks, steps + 1], "accuracy": ...} (a learner without an inner
+    loop: [tasks, 1], its only output, recorded at step 0). `task_params`: parameters with a task
+    dimension (a bundle's members folded into it: evaluate_members)."""
     from .losses import PER_TASK
 
     extra = {"task_params": True} if task_params else {}
@@ -45,10 +48,21 @@ def _trajectory_metrics(setup: Setup, learner, params, batch, noise, steps: int,
                            batched=True, **extra)
     per_task = PER_TASK[setup.family.loss]
     with torch.no_grad():
-        losses = [per_task(out, batch.y_query) for out in outs]
-        accs = [(out.argmax(-1) == batch.y_query).to(out.dtype).flatten(1).mean(1) for out in outs] \
-            if setup.family.loss == "cross_entropy" else []
-    return torch.stack(losses, 1), (torch.stack(accs, 1) if accs else None)
+        out = {"loss": torch.stack([per_task(o, batch.y_query) for o in outs], 1)}
+        if setup.family.loss == "cross_entropy":
+            out["accuracy"] = torch.stack([(o.argmax(-1) == batch.y_query).to(o.dtype).flatten(1).mean(1)
+                                           for o in outs], 1)
+    return out
+
+
+def task_metrics(setup: Setup, learner, params, batch, noise, steps: int, mask_mode: str,
+                 task_params: bool = False) -> dict:
+    """The learner's own per-task metrics when it has them (an RL learner rolls its policy out:
+    core.learners.rl), else `output_metrics`. Values [tasks, steps + 1] by name (METRICS)."""
+    own = getattr(learner, "task_metrics", None)
+    if own is not None:
+        return own(setup, params, batch, noise, steps=steps if learner.inner_loop else 0, mask_mode=mask_mode)
+    return output_metrics(setup, learner, params, batch, noise, steps, mask_mode, task_params)
 
 
 def evaluate(setup: Setup, params, *, split: str = "test", eval_seed: int = 1, n_tasks: int = 600,
@@ -57,7 +71,8 @@ def evaluate(setup: Setup, params, *, split: str = "test", eval_seed: int = 1, n
     """Adapt to each of `n_tasks` fixed tasks with every shot count and report the query loss after
     each requested number of inner steps (0 = before adaptation). A learner without an inner loop
     gives rows at inner_steps = 0 only, whatever `steps` asks. Returns column arrays
-    (task_index, shots, inner_steps, loss, accuracy) ready for the eval_tasks table.
+    (task_index, shots, inner_steps, loss, accuracy, return) ready for the eval_tasks table (accuracy:
+    classification only; return: RL only, where loss = -return; NaN elsewhere).
 
     `learner` (default the setup's) evaluates the same parameters another way, e.g. NIL's cosine
     readout (`CosineReadout(setup.learner)`) or with frozen cells (`setup.learner.with_frozen(...)`)."""
@@ -72,11 +87,11 @@ def evaluate_members(setups: list[Setup], params_list: list, *, split: str = "te
                      chunk: int = 600) -> list[dict]:
     """`evaluate` for the members of a bundle (one learner, family and shapes; their own parameters and
     float hyper-parameters) on the same fixed tasks, in one computation: members x tasks folded into
-    the batched task dimension (learners with `fold`; others are evaluated one by one). Each member's
-    rows equal its own `evaluate` to float rounding."""
+    the batched task dimension (learners with `fold` and no task_metrics of their own; others are
+    evaluated one by one). Each member's rows equal its own `evaluate` to float rounding."""
     learner = setups[0].learner
     learner.check(setups[0])
-    if len(setups) == 1 or not getattr(learner, "fold", False):
+    if len(setups) == 1 or not getattr(learner, "fold", False) or hasattr(learner, "task_metrics"):
         return [evaluate(s, p, split=split, eval_seed=eval_seed, n_tasks=n_tasks, shots=shots, steps=steps,
                          mask_eval=mask_eval, chunk=chunk) for s, p in zip(setups, params_list)]
     with setups[0].math_mode():
@@ -108,8 +123,8 @@ def _evaluate(setups, learner, params_list, split, eval_seed, n_tasks, shots, st
     # at most ~8M input values per chunk and member (image tasks: 600 MiniImagenet tasks are ~5 GB of
     # pixels); regression tasks are tiny, so their chunk is every task
     per_task = (max(shots) + setup.queries) * ways * math.prod(setup.family.input_shape) * n
-    chunk = max(1, min(chunk, (1 << 23) // per_task))
-    parts = [{k: ([], []) for k in shots} for _ in range(n)]
+    chunk = max(1, min(chunk, (1 << 23) // per_task, getattr(setup.family, "eval_chunk", chunk)))
+    parts: list[dict[int, list[dict]]] = [{k: [] for k in shots} for _ in range(n)]
     for start in range(0, n_tasks, chunk):
         # tasks are pure functions of their index: building them chunk by chunk changes nothing and
         # bounds memory (600 MiniImagenet tasks would not fit at once)
@@ -124,24 +139,24 @@ def _evaluate(setups, learner, params_list, split, eval_seed, n_tasks, shots, st
             s, params = _folded(setups, params_list, len(idx))
         for k in shots:
             with torch.no_grad():
-                loss, acc = _trajectory_metrics(s, learner, params, batch.shots(k, ways), noise, max_steps,
-                                                mask_mode, task_params=n > 1)
-            for m, (lm, am) in enumerate(zip(loss.chunk(n), acc.chunk(n) if acc is not None else [None] * n)):
-                parts[m][k][0].append(lm)
-                parts[m][k][1].append(am)
+                values = task_metrics(s, learner, params, batch.shots(k, ways), noise, max_steps, mask_mode,
+                                      task_params=n > 1)
+            for m in range(n):
+                parts[m][k].append({name: v.chunk(n)[m] for name, v in values.items()})
     return [_columns(p, shots, steps, n_tasks) for p in parts]
 
 
 def _columns(parts: dict, shots: list, steps: list, n_tasks: int) -> dict:
-    """Eval rows (task_index, shots, inner_steps, loss, accuracy) from per-shot [tasks, steps + 1] chunks."""
+    """Eval rows (task_index, shots, inner_steps and every metric) from per-shot chunks of
+    {metric: [tasks, steps + 1]}; a metric the learner does not give is NaN."""
     cols = {name: [] for name in ROWS}
     for k in shots:
-        loss = torch.cat(parts[k][0]).cpu().double().numpy()  # [n_tasks, max_steps + 1]
-        acc = None if parts[k][1][0] is None else torch.cat(parts[k][1]).cpu().double().numpy()
+        values = {m: torch.cat([p[m] for p in parts[k]]).cpu().double().numpy() if m in parts[k][0] else None
+                  for m in METRICS}
         for s in steps:
             cols["task_index"].append(np.arange(n_tasks))
             cols["shots"].append(np.full(n_tasks, k))
             cols["inner_steps"].append(np.full(n_tasks, s))
-            cols["loss"].append(loss[:, s])
-            cols["accuracy"].append(acc[:, s] if acc is not None else np.full(n_tasks, np.nan))
+            for m, v in values.items():
+                cols[m].append(v[:, s] if v is not None else np.full(n_tasks, np.nan))
     return {k: np.concatenate(v) for k, v in cols.items()}

@@ -30,3 +30,14 @@ def cross_entropy_per_task(logits: torch.Tensor, labels: torch.Tensor) -> torch.
 LOSSES = {"mse": mse, "cross_entropy": cross_entropy}
 PER_TASK = {"mse": mse_per_task, "cross_entropy": cross_entropy_per_task, mse: mse_per_task,
             cross_entropy: cross_entropy_per_task}
+
+
+def register_loss(name: str, fn, per_task=None) -> None:
+    """Add a loss (e.g. core.rl.pg's policy-gradient losses): `fn(out, target)` of one task, and its
+    batched form (one value per task; default `fn` itself, for losses that reduce only the sample
+    dimension), found by name and by function as the built-in ones."""
+    per_task = per_task or fn
+    for table, key, value in ((LOSSES, name, fn), (PER_TASK, name, per_task), (PER_TASK, fn, per_task)):
+        if table.get(key, value) is not value:
+            raise ValueError(f"loss {name!r} is already registered differently")
+        table[key] = value

@@ -14,6 +14,9 @@ from .tasks import TaskFamily
 from .variants import Variant
 
 ENGINES = ("batched", "vmap", "loop")  # how the tasks of a meta-batch are computed (core.meta)
+# what a family's tasks are and what a learner learns (`problem` of both; default supervised)
+PROBLEMS = {"supervised": "supervised tasks (support and query sets)",
+            "rl": "reinforcement learning (a policy rolled out in each task)"}
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,11 @@ class Setup:
             v = self.learner
             object.__setattr__(self, "learner", make_gradient_learner(v.name, **{k: x for k, x in v.as_dict().items()
                                                                                   if k != "name"}))
+        problem, learns = getattr(self.family, "problem", "supervised"), getattr(self.learner, "problem", "supervised")
+        if problem != learns:
+            raise ValueError(f"learner {self.learner.name!r} learns {PROBLEMS[learns]}, but task family "
+                             f"{self.family.name} is {PROBLEMS[problem]}: use a learner of kind "
+                             f"{'rl (e.g. maml-trpo, anil-trpo)' if problem == 'rl' else 'gradient, metric, ...'}")
         if self.model is None:
             object.__setattr__(self, "model", self.learner.make_model(self.family, (40, 40)))
         if self.engine == "auto":

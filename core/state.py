@@ -12,19 +12,15 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .meta import outer_rule
 from .model import Params
 from .setup import Setup
 
 
-def make_optimizer(setup: Setup, params: Params) -> torch.optim.Optimizer:
-    """Adam with step size beta (eq. 2); Reptile's outer update is plain SGD at rate epsilon = beta."""
-    tensors = list(params.values())
-    if setup.learner.outer == "reptile":
-        return torch.optim.SGD(tensors, lr=setup.hp.beta, foreach=True)
-    # the fused kernel: one pass over every tensor (CPU and CUDA); 50 us against 135 us for the foreach
-    # implementation on the sine net's 12 tensors, which matters when a step takes 1-2 ms (bundles step
-    # one optimiser per member)
-    return torch.optim.Adam(tensors, lr=setup.hp.beta, fused=True)
+def make_optimizer(setup: Setup, params: Params):
+    """The optimiser of the learner's outer rule (core.meta.OUTER_RULES): Adam with step size beta
+    (eq. 2); Reptile's outer update is plain SGD at rate epsilon = beta; TRPO keeps no state."""
+    return outer_rule(setup.learner.outer).optimizer(setup, params)
 
 
 @dataclass

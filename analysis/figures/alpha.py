@@ -13,6 +13,7 @@ from matplotlib.lines import Line2D
 
 from .. import stats
 from ..labels import format_value
+from ..metrics import get_metric
 from .common import Context, colours, filled, maybe_log_y
 
 
@@ -72,13 +73,13 @@ def data(ctx: Context, metric: str) -> AlphaData:
     series, mixed = _series(ctx)
     row_steps, shots = _steps_and_shots(ctx)
     rows = filled(ctx.con.execute(
-        f"""select l.label, t.alpha, e.inner_steps, e.shots, t.seed, e.task_index, avg(e.{metric}) as v
+        f"""select l.label, t.alpha, e.inner_steps, e.shots, t.seed, e.task_index, avg(e."{metric}") as v
             from eval_tasks e join trials t using (trial_id, attempt) join plot_labels l using (trial_id)
             where t.stage = ? and t.status = 'completed'
             group by all order by l.label, t.alpha, e.inner_steps, e.shots, e.task_index, t.seed""",
         [ctx.stage]).fetchnumpy())
-    if metric == "accuracy" and not np.isfinite(rows["v"]).any():
-        raise ValueError("alpha plot: this dataset has no accuracy (regression tasks): use --metric loss")
+    if metric != "loss" and not np.isfinite(rows["v"]).any():
+        raise ValueError(f"alpha plot: this dataset has {get_metric(metric).absent}")
     failed: dict[tuple[str, float], list] = {}  # (series, α) -> [failed trials, trials, their statuses]
     for t in ctx.trials:
         f = failed.setdefault((t["series"], t["hp"]["alpha"]), [0, 0, set()])
@@ -166,7 +167,7 @@ def draw(d: AlphaData, ctx: Context) -> Figure:
             if i == nr - 1:
                 ax.set_xlabel("inner step size α (log scale)")
             if j == 0:
-                unit = ctx.loss_unit() if d.metric == "loss" else "accuracy (fraction correct)"
+                unit = ctx.loss_unit() if d.metric == "loss" else get_metric(d.metric).axis
                 ax.set_ylabel(f"evaluation {unit}")
     handles = [Line2D([], [], color=colour[s], marker="o", ms=4, lw=1.5, label=s) for s in d.series]
     handles.append(Line2D([], [], color="0.2", marker="o", ms=4, lw=0, label="mean ± 95% CI over eval tasks"))

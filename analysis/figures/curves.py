@@ -10,6 +10,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from ..metrics import get_metric
 from .common import Context, colours, filled, maybe_log_y
 
 
@@ -20,28 +21,30 @@ class CurvesData:
     seeds: dict[str, int]
     status: dict[str, dict[str, int]]
     metric: str
-    with_train: bool  # meta-train loss curves too (metric loss)
+    with_train: bool  # meta-train curves too (loss; return of RL learners)
 
 
 def data(ctx: Context, metric: str) -> CurvesData:
+    """Per series and meta-step: the validation curve (and the meta-training one where the metric
+    has it: loss, and return = -loss for RL learners; analysis.metrics)."""
     series = ctx.series()
-    val_col = "val_loss" if metric == "loss" else "val_accuracy"
-    aggs = [_aggs(val_col, "v")] + ([_aggs("meta_train_loss", "t")] if metric == "loss" else [])
+    m = get_metric(metric)
+    aggs = [_aggs(m.val_curve, "v")] + ([_aggs(m.train_curve, "t")] if m.train_curve else [])
     rows = filled(ctx.con.execute(
-        f"""select l.label, c.meta_step, {', '.join(aggs)}, count(*) filter (where isfinite(c.{val_col})) as n
+        f"""select l.label, c.meta_step, {', '.join(aggs)}, count(*) filter (where isfinite({m.val_curve})) as n
             from curves c join trials t using (trial_id, attempt) join plot_labels l using (trial_id)
             where t.stage = ? group by all order by l.label, c.meta_step""", [ctx.stage]).fetchnumpy())
     if not len(rows["meta_step"]) or not np.isfinite(rows["v_mean"].astype(float)).any():
-        what = "validation accuracy (classification tasks only)" if metric == "accuracy" else "validation loss"
-        raise ValueError(f"curves plot: stage {ctx.stage} of {ctx.exp_uri} has no {what} in curves")
+        raise ValueError(f"curves plot: stage {ctx.stage} of {ctx.exp_uri} has no validation {metric} in curves "
+                         f"({m.absent})")
     seeds, status = ctx.counts()
-    return CurvesData(series, rows, seeds, status, metric, metric == "loss")
+    return CurvesData(series, rows, seeds, status, metric, m.train_curve is not None)
 
 
-def _aggs(col: str, prefix: str) -> str:
-    finite = f"filter (where isfinite(c.{col}))"
-    return (f"avg(c.{col}) {finite} as {prefix}_mean, min(c.{col}) {finite} as {prefix}_min, "
-            f"max(c.{col}) {finite} as {prefix}_max")
+def _aggs(expr: str, prefix: str) -> str:
+    finite = f"filter (where isfinite({expr}))"
+    return (f"avg({expr}) {finite} as {prefix}_mean, min({expr}) {finite} as {prefix}_min, "
+            f"max({expr}) {finite} as {prefix}_max")
 
 
 def draw(d: CurvesData, ctx: Context) -> Figure:
@@ -68,12 +71,12 @@ def draw(d: CurvesData, ctx: Context) -> Figure:
             all_vals += [lo, hi]
     maybe_log_y(ax, np.concatenate(all_vals))
     ax.set_xlabel("meta-step (outer iterations)")
-    ax.set_ylabel(ctx.loss_unit() if d.metric == "loss" else "validation accuracy (fraction correct)")
+    ax.set_ylabel(ctx.loss_unit() if d.metric == "loss" else f"validation {get_metric(d.metric).axis}")
     ax.grid(alpha=0.3)
     style = [Line2D([], [], color="0.25", lw=1.8, label=f"validation {d.metric} (mean over seeds)"),
              Patch(color="0.25", alpha=0.18, label="band: min–max over seeds")]
     if d.with_train:
-        style.insert(1, Line2D([], [], color="0.25", lw=1.2, ls="--", label="meta-train loss (mean over seeds)"))
+        style.insert(1, Line2D([], [], color="0.25", lw=1.2, ls="--", label=f"meta-train {d.metric} (mean over seeds)"))
     ax.add_artist(ax.legend(handles=style, loc="upper right", fontsize=8, framealpha=0.9))
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, title_fontsize=8,
               title="variant" + (" / configuration" if any("=" in s or "(train" in s for s in d.series) else ""))

@@ -4,7 +4,8 @@ Built in: the gradient-based family (every row of the variant table in core.vari
 FOMAML, Reptile, Meta-SGD, ANIL, T-net, M-net, M-net-full, MT-net, MT-net-full), with the NIL
 cosine readout as its `eval_head: nil` switch; the metric-based family (kind "metric", switch
 `network`): Prototypical, Matching, Relation and Siamese networks (core.learners.metric), with the
-papers' settings as presets (each class's PRESETS).
+papers' settings as presets (each class's PRESETS); meta-RL (kind "rl", core.learners.rl): MAML-TRPO,
+ANIL-TRPO, ProMP on the RL task families of core.rl.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from .metric import MetricLearner, make_metric_learner, metric_kind_switches
 from .protonet import PrototypicalNetwork
 from .readout import CosineReadout
 from .relation import RelationNetwork
+from .rl import PRESETS as RL_PRESETS
+from .rl import RL_SWITCHES, RLLearner, make_rl_learner
 from .siamese import SiameseNetwork
 
 
@@ -47,7 +50,14 @@ for _cls in METRIC_NETWORKS:
     for _preset, _switches in _cls.PRESETS.items():
         register_preset(_preset, "metric", network=_cls.network, **_switches)
 
+register_learner_kind("rl", make_rl_learner, switches=RL_SWITCHES,
+                      doc="meta-RL: the gradient-based inner loop on a Gaussian policy (policy gradient), outer rule "
+                          "TRPO or ProMP (switch `outer`; core.learners.rl, core.rl)")
+for _preset, _switches in RL_PRESETS.items():
+    register_preset(_preset, "rl", **_switches)
+
 from . import blackbox  # noqa: E402,F401  (registers the black-box learners: mann, snail, metanet, meta-lstm, cnp)
 
 __all__ = ["Learner", "LearnerBase", "GradientLearner", "CosineReadout", "make_gradient_learner", "MetricLearner",
-           "PrototypicalNetwork", "MatchingNetwork", "RelationNetwork", "SiameseNetwork", "make_metric_learner"]
+           "PrototypicalNetwork", "MatchingNetwork", "RelationNetwork", "SiameseNetwork", "make_metric_learner",
+           "RLLearner", "make_rl_learner"]

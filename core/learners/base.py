@@ -37,7 +37,8 @@ class Learner(Protocol):
     name: str  # the preset (or spec) name
     kind: str  # the family in the registry: "gradient", "metric", "black-box", ...
     inner_loop: bool  # adapts by steps (outputs after 0..k steps) or not (one output, recorded at step 0)
-    outer: str  # "gradient": Adam on the meta-loss's gradient | "reptile": SGD on theta - mean(theta~)
+    outer: str  # a rule of core.meta.OUTER_RULES: "gradient" (Adam on the meta-loss's gradient), "reptile" (SGD on
+    #             theta - mean(theta~)), or one a learner's module registers (core.rl.outer: "trpo", "promp")
 
     def reads(self) -> tuple[str, ...]:
         """Hyper-parameters (core.hparams names) this learner uses; the others are NULL in its rows."""
@@ -86,6 +87,11 @@ class Learner(Protocol):
         """Learner-specific curve columns at a report (e.g. mask_fraction); {} for none."""
         ...
 
+    # Optional: `task_metrics(setup, params, batch, noise, *, steps, mask_mode) -> {"loss": [tasks, steps + 1],
+    # ...}` when a learner's per-task metrics do not come from `outputs` (core.learners.rl rolls its policy
+    # out and reports "return"); `problem = "rl"` for a learner of reinforcement-learning families (default
+    # "supervised"; core.setup refuses a family of the other kind before training).
+
 
 class LearnerBase:
     """Defaults for the protocol's optional parts: no noise, the registry's default model, the
@@ -94,6 +100,7 @@ class LearnerBase:
 
     inner_loop = False
     outer = "gradient"
+    problem = "supervised"
     fold = False  # batched outputs/query_loss accept `task_params=True` (core.bundle's fold mode)
 
     def searched(self) -> tuple[str, ...]:
