@@ -226,10 +226,20 @@ def _print_rank(exp_uri: str, **kw) -> None:
         console.print(f"ranking: {e}", markup=False)
 
 
+def metric_error(metric: str) -> None:
+    """Exit 2 naming the metrics (analysis.metrics owns them) unless `metric` is one."""
+    from metasweep.analysis.metrics import get_metric
+
+    try:
+        get_metric(metric)
+    except ValueError as e:
+        fail(f"--metric: {e}")
+
+
 @app.command()
 def rank(
     experiment: str = typer.Argument(..., help="experiment path (or a `metasweep train --out` folder)"),
-    metric: str = typer.Option("loss", help="loss | accuracy"),
+    metric: str = typer.Option("loss", help="loss | accuracy | return (reinforcement learning; higher is better)"),
     stage: str | None = typer.Option(None, help="test | tune | grid | single (default: test if present)"),
     inner_steps: int | None = typer.Option(None, help="evaluation inner steps (default: smallest > 0)"),
     baseline: str = typer.Option("maml", help="variant the paired tests compare against"),
@@ -240,8 +250,7 @@ def rank(
     from metasweep.analysis.ranking import compute_ranking
     from metasweep.analysis.render import FORMATS, print_ranking, render
 
-    if metric not in ("loss", "accuracy"):
-        fail(f"--metric: must be loss or accuracy (got {metric!r})")
+    metric_error(metric)
     if fmt not in FORMATS:
         fail(f"--format: must be {', '.join(FORMATS[:-1])} or {FORMATS[-1]} (got {fmt!r})")
     with dataset_errors():
@@ -258,7 +267,7 @@ def plot(
     kind: str = typer.Option("curves", help="curves | alpha | mask-fraction | ranks | cka"),
     output: Path = typer.Option(..., "-o", "--output", help="PNG file to write"),
     stage: str | None = typer.Option(None, help="stage to plot (default: test if present)"),
-    metric: str = typer.Option("loss", help="loss | accuracy"),
+    metric: str = typer.Option("loss", help="loss | accuracy | return (reinforcement learning)"),
 ):
     """Figures: learning curves with bands over seeds, loss vs alpha per variant (MT-net section 6.2),
     fraction of updated weights per layer (MT-net Fig. 4), average ranks."""
@@ -266,6 +275,7 @@ def plot(
 
     if kind not in KINDS:
         fail(f"--kind: must be one of {', '.join(KINDS)} (got {kind!r})")
+    metric_error(metric)
     if output.suffix.lower() != ".png":
         fail(f"-o {output}: the figure is written as PNG; use a .png file name")
     with dataset_errors():

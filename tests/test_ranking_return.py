@@ -101,3 +101,24 @@ def test_files_written_before_the_return_column_read_null(tmp_path):
     with pytest.raises(ValueError, match="no return"):
         compute_ranking(root, metric="return")
     assert compute_ranking(root, metric="loss").variants == ["maml", "t-net"]
+
+
+def test_rank_and_plot_take_the_return_metric_on_the_command_line(rl_ds, tmp_path):
+    import subprocess
+    import sys
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "metasweep.sweeps.cli", *args], capture_output=True, text=True,
+                              timeout=300)
+
+    r = cli("rank", rl_ds, "--metric", "return", "--baseline", "maml-trpo", "--format", "csv")
+    assert r.returncode == 0, r.stderr
+    best = [line.split(",")[0] for line in r.stdout.splitlines()[1:] if ",True," in line]
+    assert best[:1] == ["anil-trpo"]
+    bad = cli("rank", rl_ds, "--metric", "reward")
+    assert bad.returncode == 2 and bad.stderr.strip() == \
+        "error: --metric: metric must be loss, accuracy, return (got 'reward')"
+    png = tmp_path / "curves.png"
+    drawn = cli("plot", rl_ds, "--kind", "curves", "--metric", "return", "-o", str(png))
+    assert drawn.returncode == 0, drawn.stderr
+    assert png.stat().st_size > 10_000
