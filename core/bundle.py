@@ -50,7 +50,7 @@ from .train import curve_row, params_finite
 MODES = ("fold", "vmap", "loop")
 
 
-@dataclass
+@dataclass(eq=False)  # members are told apart by identity (their states hold tensors)
 class Member:
     """One trial inside a bundle: its setup (its own hyper-parameters), its training state and its
     status ("running", then "completed" | "diverged" | "stopped_early")."""
@@ -300,7 +300,7 @@ def _report(run: _Run, m: Member, cols: dict) -> None:
     st.curves.append(row)
     if not math.isfinite(val_loss):
         m.status = "diverged"
-    elif run.on_report is not None and run.on_report(run.members.index(m), m, row):
+    elif run.on_report is not None and run.on_report(next(i for i, x in enumerate(run.members) if x is m), m, row):
         m.status = "stopped_early"
     elif st.step >= run.meta_steps:
         m.status = "completed"

@@ -5,8 +5,10 @@ ASHA's rungs applied to each member inside its bundle.
 up to B configurations at once (TPE with the constant-liar strategy, so that the B asks of one
 bundle spread out instead of repeating the same guess), and when the bundle ends it tells the study
 each member's result (its final meta-validation loss; FAIL for an errored or diverged member, PRUNED
-for one stopped at a rung). The study stays the one source of truth of the tune stage: it is the
-same persistent study (sqlite) that optuna-dashboard opens, one Optuna trial per member.
+for one stopped at a rung). The study stays the one source of truth of the tune stage, one Optuna
+trial per member: like the unbundled searcher (sweeps.searcher) it lives in memory inside the
+searcher, which Ray Tune saves with the experiment's state, and is exported to
+`<experiment>/optuna.db` for optuna-dashboard after every bundle (`EXPORTERS`).
 
 `Rungs` is asynchronous successive halving (ASHA) as Ray Tune's ASHAScheduler applies it to whole
 trials, applied to members: at each rung (reports grace_period * eta^k), a member whose
@@ -29,26 +31,55 @@ def member_id(stage: str, cell: str, number: int) -> str:
     return f"{stage}-{cell}-n{number:04d}"
 
 
+def members_of_result(result: dict) -> dict:
+    """{member trial id: {status, val_loss}} of a bundle's last result, nested or as Tune flattens it
+    for searchers ("members/<id>/status")."""
+    if isinstance(result.get("members"), dict):
+        return result["members"]
+    out: dict[str, dict] = {}
+    for key, value in result.items():
+        parts = key.split("/")
+        if len(parts) == 3 and parts[0] == "members":
+            out.setdefault(parts[1], {})[parts[2]] = value
+    return out
+
+
 class BundleSearch(Searcher):
     """space: {name: (low, high, log)}; `size` members per bundle; `total` Optuna trials in all."""
 
-    def __init__(self, space: dict, size: int, total: int, *, study_name: str, storage_url: str, sampler_seed: int,
-                 stage: str, cell: str, metric: str = "val_loss", mode: str = "min"):
+    def __init__(self, space: dict, size: int, total: int, *, study_name: str, sampler_seed: int, stage: str,
+                 cell: str, storage_url: str | None = None, metric: str = "val_loss", mode: str = "min"):
         super().__init__(metric=metric, mode=mode)
         self.space, self.size, self.total = dict(space), int(size), int(total)
         self.study_name, self.storage_url, self.sampler_seed = study_name, storage_url, sampler_seed
+        self.label = study_name  # its name in optuna.db, and what the driver registers it under
         self.stage, self.cell = stage, cell
         self.asked = 0
         self.pending: dict[str, list[int]] = {}  # Tune trial id -> the Optuna trial numbers of its members
         self._study = None
 
-    # the study (a database connection) is reopened after unpickling: Tune saves and restores searchers
+    # a study in a database is reopened after unpickling (Tune saves and restores searchers); one in
+    # memory (storage_url None, the default) travels with the searcher's saved state
     def __getstate__(self):
-        return {k: v for k, v in self.__dict__.items() if k != "_study"}
+        return {k: v for k, v in self.__dict__.items() if k != "_study" or self.storage_url is None}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self._study = None
+        self.__dict__.setdefault("_study", None)
+
+    def save(self, checkpoint_path: str) -> None:
+        """Tune saves the searcher with the experiment's state: the asks so far, the bundles pending and
+        (in memory) the study itself."""
+        import pickle
+
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__getstate__(), f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        import pickle
+
+        with open(checkpoint_path, "rb") as f:
+            self.__setstate__(pickle.load(f))
 
     @property
     def study(self):
@@ -78,7 +109,7 @@ class BundleSearch(Searcher):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         from optuna.trial import TrialState
 
-        members = (result or {}).get("members", {})
+        members = members_of_result(result or {})
         numbers = self.pending.pop(trial_id, [])
         # told before a driver restart (Tune re-reports a trial that ended after its last snapshot): the
         # study already holds the outcome
@@ -95,6 +126,11 @@ class BundleSearch(Searcher):
                 self.study.tell(number, state=TrialState.PRUNED)
             else:  # errored, diverged, or the whole bundle failed
                 self.study.tell(number, state=TrialState.FAIL)
+        from .searcher import EXPORTERS
+
+        exporter = EXPORTERS.get(self.label)
+        if exporter is not None:
+            exporter(self.study)
 
 
 class Rungs:
@@ -121,8 +157,14 @@ class Rungs:
         return stop
 
 
+_ACTORS: dict = {}  # the driver keeps its rung actors' handles: an actor whose handles are gone dies
+
+
 def rung_actor(name: str, grace_period: int, eta: float, max_reports: int):
-    """The named Ray actor holding a cell's rungs (created once; bundles find it by name)."""
+    """The named Ray actor holding a cell's rungs (created once per driver; bundles find it by name)."""
     import ray
 
-    return ray.remote(num_cpus=0)(Rungs).options(name=name, get_if_exists=True).remote(grace_period, eta, max_reports)
+    handle = ray.remote(num_cpus=0)(Rungs).options(name=name, get_if_exists=True).remote(grace_period, eta,
+                                                                                         max_reports)
+    _ACTORS[name] = handle
+    return handle

@@ -17,6 +17,7 @@ import math
 import os
 import tempfile
 
+import ray
 import torch
 from ray import tune
 
@@ -25,7 +26,7 @@ from metasweep.core.state import load_state
 
 from .bundle_trial import run_bundle
 from .trainable import row_of
-from .trial import TrialConfig, build_setup, curve_columns, resolve_device
+from .trial import TrialConfig, build_setup, curve_columns, failure, resolve_device
 from .trial import now as utc_now
 
 STATUS_FILE = "members.json"
@@ -46,6 +47,11 @@ def members_of(config: dict) -> list[dict]:
         out.append({"trial": cfg.to_dict(), "trial_id": member_id(meta["stage"], meta["cell"], number),
                     "variant": meta["variant"]})
     return out
+
+
+def _rungs(name: str | None):
+    """The cell's rung actor (a bundled tune stage with a scheduler), or None."""
+    return ray.get_actor(name) if name else None
 
 
 def _member_file(i: int) -> str:
@@ -80,6 +86,10 @@ def metasweep_bundle_trainable(config: dict, results_uri: str) -> None:
     def member_meta(i: int) -> dict:
         return {**meta, "variant": specs[i]["variant"]}
 
+    rungs = _rungs(meta.get("rungs"))
+
+    crashed: dict[int, str] = {}  # members whose own rows could not be written: stopped, then errored
+
     def on_report(i, member, row):
         live[i] = member
         st = member.state
@@ -87,7 +97,13 @@ def metasweep_bundle_trainable(config: dict, results_uri: str) -> None:
         running = row_of(cfgs[i], member_meta(i), ids[i], attempts[i], started, status="running",
                          meta_steps=st.step, wall_seconds=st.extra.get("wall_seconds"),
                          final_val_loss=row["val_loss"], ended_at=utc_now(), device=resolve_device(cfgs[i].device))
-        write_trial(uri, running, curve_columns(st.curves), {})
+        try:
+            write_trial(uri, running, curve_columns(st.curves), {})
+        except Exception as e:  # this member's rows only: its siblings go on
+            crashed[i] = failure("trial", e)
+            return True
+        # ASHA's rungs for members (sweeps.bundle_search.Rungs): True stops this member here
+        return rungs is not None and ray.get(rungs.decide.remote(ids[i], len(st.curves), row["val_loss"]))
 
     def after_reports(step):
         with tempfile.TemporaryDirectory() as d:
@@ -101,15 +117,28 @@ def metasweep_bundle_trainable(config: dict, results_uri: str) -> None:
             tune.report({"meta_step": step, "val_loss": min(finite) if finite else float("inf"), "members": vals},
                         checkpoint=tune.Checkpoint.from_directory(d))
 
-    results = run_bundle(cfgs, trial_ids=ids, experiment=meta["experiment"], stage=meta["stage"], attempts=attempts,
-                         spec_hash=meta["spec_hash"], states=states, statuses=statuses,
-                         mode=meta.get("bundle_mode", "auto"), on_report=on_report, after_reports=after_reports)
+    try:
+        results = run_bundle(cfgs, trial_ids=ids, experiment=meta["experiment"], stage=meta["stage"],
+                             attempts=attempts, spec_hash=meta["spec_hash"], states=states, statuses=statuses,
+                             mode=meta.get("bundle_mode", "auto"), on_report=on_report, after_reports=after_reports)
+    except Exception as e:  # the bundle's own code (not a member's training, which run_bundle records)
+        results, crashed = [None] * len(cfgs), dict.fromkeys(range(len(cfgs)), failure("trial", e))
     final = {}
     for i, r in enumerate(results):
-        row = row_of(cfgs[i], member_meta(i), ids[i], attempts[i], started, status=r.status,
-                     device=r.trial_row.get("device"), error=r.trial_row.get("error"),
-                     meta_steps=r.trial_row.get("meta_steps") or 0, wall_seconds=r.trial_row.get("wall_seconds"),
-                     final_val_loss=r.trial_row.get("final_val_loss"), ended_at=r.trial_row.get("ended_at"))
-        write_trial(uri, row, r.curves, r.eval_tasks, extra={"cka": r.cka})
-        final[ids[i]] = {"status": r.status, "val_loss": row["final_val_loss"]}
-    tune.report({"done_rows": True, "members": final})
+        row = None
+        if i not in crashed:
+            row = row_of(cfgs[i], member_meta(i), ids[i], attempts[i], started, status=r.status,
+                         device=r.trial_row.get("device"), error=r.trial_row.get("error"),
+                         meta_steps=r.trial_row.get("meta_steps") or 0, wall_seconds=r.trial_row.get("wall_seconds"),
+                         final_val_loss=r.trial_row.get("final_val_loss"), ended_at=r.trial_row.get("ended_at"))
+            try:
+                write_trial(uri, row, r.curves, r.eval_tasks, extra={"cka": r.cka})
+            except Exception as e:
+                crashed[i] = failure("trial", e)
+        if i in crashed:  # an errored row in its place (if even that cannot be written, Ray retries the bundle)
+            row = row_of(cfgs[i], member_meta(i), ids[i], attempts[i], started, status="errored", error=crashed[i],
+                         device=resolve_device(cfgs[i].device))
+            write_trial(uri, row, {}, {})
+        final[ids[i]] = {"status": row["status"], "val_loss": row["final_val_loss"]}
+    done = [m["val_loss"] for m in final.values() if m["status"] == "completed" and m["val_loss"] is not None]
+    tune.report({"done_rows": True, "members": final, "val_loss": min(done) if done else float("inf")})

@@ -115,6 +115,32 @@ def grid_trial_configs(spec: Spec) -> list[tuple[Cell, TrialConfig]]:
     return out
 
 
+AUTO_BUNDLE = 8  # members per bundle where bundles pay (bench/bench_bundle.py: 3.1x at 8 MAML sine members)
+
+
+def bundle_size(spec: Spec, cell: Cell) -> int:
+    """Members per bundle of a cell: the spec's `bundle.size`, or "auto": 8 for learners that fold on
+    the dense regression nets on a CPU (where a trial is dispatch-bound and a bundle of 8 runs 1.3-3x
+    the member-steps of separate trials), 1 (every trial its own) elsewhere - conv nets on a CPU are
+    compute-bound, and other learners gain less; set a size to bundle them anyway."""
+    if spec.bundle.size != "auto":
+        return int(spec.bundle.size)
+    learner = spec.learner(cell.variant)
+    from metasweep.core.registry import make_family
+
+    family = make_family(spec.task.family, **spec.task.options)
+    dense = getattr(family, "model", None) == "dense"
+    return AUTO_BUNDLE if dense and getattr(learner, "fold", False) and not spec.resources.gpu else 1
+
+
+def fixed_trial_id(stage: str, cell: Cell, cfg: TrialConfig) -> str:
+    """The trial id of a test or grid trial: a function of its configuration (bundled or not alike),
+    `<stage>-<cell>-s<seed>-<digest of the rest>`."""
+    rest = {k: v for k, v in cfg.to_dict().items() if k not in ("seed", "hp_source", "hp_source_trial")}
+    digest = hashlib.sha256(json.dumps(rest, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return f"{stage}-{cell.name}-s{cfg.seed}-{digest}"
+
+
 def inputs_hash(configs) -> str:
     """What a stage cell ran with: a hash of its trial configurations (and, for a tune cell, its search)."""
     text = json.dumps([c.to_dict() if isinstance(c, TrialConfig) else c for c in configs], sort_keys=True, default=str)

@@ -31,8 +31,15 @@ class TrialProgress(Callback):
         make_console(stderr=True).print(text, highlight=False, markup=False)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.done += 1
         r = trial.last_result or {}
+        if "members" in r:  # a bundle: one line per member trial
+            for trial_id, m in sorted(r["members"].items()):
+                self.done += 1
+                val = m.get("val_loss")
+                val = f"{val:.4f}" if isinstance(val, float) else "-"
+                self._print(f"  [{self.stage_name}] {trial_id} {m.get('status')}: val_loss {val}  ({self.done} ended)")
+            return
+        self.done += 1
         point = trial.config.get("point", trial.config)
         variant = point.get("meta", {}).get("variant", "")
         seed = point.get("trial", {}).get("seed", "?")

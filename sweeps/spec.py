@@ -107,6 +107,22 @@ class Scheduler(Strict):
     reduction_factor: float = Field(3.0, gt=1)
 
 
+class BundleSpec(Strict):
+    """Trials computed together (core.bundle): members of a bundle share a cell and differ in seed and
+    float hyper-parameters; each is still its own trial with its own rows. size: members per bundle
+    ("auto": sweeps.plan.bundle_size); mode: how a bundle computes (core.bundle.MODES, or auto)."""
+
+    size: int | Literal["auto"] = "auto"
+    mode: Literal["auto", "fold", "vmap", "loop"] = "auto"
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, v):
+        if v != "auto" and (isinstance(v, bool) or v < 1):
+            raise ValueError("must be an integer >= 1 or auto")
+        return v
+
+
 class Resources(Strict):
     cpu: float = Field(1.0, gt=0)
     gpu: float = Field(0.0, ge=0)
@@ -124,6 +140,7 @@ class Spec(RunSpec):
     grid: dict[str, list[float | int | str]] = Field(default_factory=dict)
     scheduler: Scheduler = Scheduler()
     resources: Resources = Resources()
+    bundle: BundleSpec = BundleSpec()
     max_concurrent: int = Field(2, ge=1)
     max_failures: int = Field(2, ge=0)
     storage: str = "results"  # a folder (relative to the spec file) or a pyarrow filesystem URI

@@ -7,14 +7,16 @@ every trial errored. The store does all the file work."""
 from __future__ import annotations
 
 import collections
+import math
 from dataclasses import dataclass
 
 from metasweep.analysis.store import mark_unfinished, quarantine_trials, read_raw, read_trials, write_trial
 
 from . import tuner as tuners
+from .bundle_trial import bundle_groups
 from .console import make_console
 from .errors import UserError
-from .plan import Cell, inputs_hash, search_space, tune_inputs, tune_trial_base
+from .plan import Cell, bundle_size, fixed_trial_id, inputs_hash, search_space, tune_inputs, tune_trial_base
 from .session import fit, tune_error
 from .spec import Spec
 from .study import make_searcher, running_study
@@ -58,24 +60,59 @@ def run_tune_cell(run: Run, cell: Cell) -> None:
         return
     space = search_space(spec, cell.variant)
     label = f"{spec.experiment}.{cell.name}"
+    size, total = bundle_size(spec, cell), spec.search.trials_per_variant
+    bundled = size > 1
+    n_trials = math.ceil(total / size)
 
     def make():
+        meta = run.meta("tune", cell)
+        if bundled:
+            meta.update(cell=cell.name, bundle_mode=spec.bundle.mode, rungs=rungs_for(run, cell))
         tune_config = tune.TuneConfig(
-            search_alg=make_searcher(space, spec.search.sampler_seed, label, spec.max_concurrent),
-            scheduler=tuners.scheduler(spec), metric="val_loss", mode="min",
-            num_samples=spec.search.trials_per_variant, reuse_actors=True)
+            search_alg=(make_bundle_searcher(space, size, total, spec.search.sampler_seed, label, cell.name,
+                                             spec.max_concurrent) if bundled else
+                        make_searcher(space, spec.search.sampler_seed, label, spec.max_concurrent)),
+            scheduler=None if bundled else tuners.scheduler(spec), metric="val_loss", mode="min",
+            num_samples=n_trials, reuse_actors=not bundled)
         return tuners.new_tuner(spec, run.exp_uri, name,
-                                {"trial": tune_trial_base(spec, cell).to_dict(), "meta": run.meta("tune", cell)},
-                                tune_config)
+                                {"trial": tune_trial_base(spec, cell).to_dict(), "meta": meta}, tune_config, bundled)
 
-    console.print(f"[bold]{name}[/]: Optuna over {', '.join(space)} "
-                  f"({spec.search.trials_per_variant} trials, meta-validation tasks)")
+    console.print(f"[bold]{name}[/]: Optuna over {', '.join(space)} ({total} trials"
+                  + (f" in {n_trials} bundles of up to {size}" if bundled else "") + ", meta-validation tasks)")
+    if bundled and spec.scheduler.type == "asha":
+        rungs_for(run, cell, create=True)
     with running_study(run.exp_uri, label), tuners.located(run.exp_uri, label):
-        trials = fit(tuner_for(run, name, make, "tune", [cell]), spec.search.trials_per_variant, name)
+        trials = fit(tuner_for(run, name, make, "tune", [cell], bundled), n_trials, name)
     settle(run, "tune", trials, {cell})
     fail_if_all_errored(run.exp_uri, "tune", [cell], name)
     run.manifest["cells"][name] = "done"
     run.manifest.setdefault("inputs", {})[name] = inputs
+
+
+def rungs_for(run: Run, cell: Cell, create: bool = False) -> str | None:
+    """The name of the Ray actor holding a bundled tune cell's ASHA rungs (None without a scheduler);
+    `create`: start it (once per driver; bundles find it by name)."""
+    spec = run.spec
+    if spec.scheduler.type != "asha":
+        return None
+    name = f"metasweep-rungs-{spec.experiment}-{cell.name}"
+    if create:
+        from .bundle_search import rung_actor
+
+        reports = math.ceil(spec.budget.meta_steps / spec.budget.report_every)
+        rung_actor(name, spec.scheduler.grace_period, spec.scheduler.reduction_factor, reports)
+    return name
+
+
+def make_bundle_searcher(space: dict, size: int, total: int, sampler_seed: int, label: str, cell: str,
+                         max_concurrent: int):
+    """The tune stage's searcher in bundles (sweeps.bundle_search), at most `max_concurrent` bundles at once."""
+    from .bundle_search import BundleSearch
+    from .searcher import RelocatableSearch
+
+    searcher = BundleSearch({k: (r.low, r.high, r.log) for k, r in space.items()}, size, total, study_name=label,
+                            sampler_seed=sampler_seed, stage="tune", cell=cell)
+    return RelocatableSearch(searcher, max_concurrent)
 
 
 # ------------------------------------------------------------------------------------------ fixed
@@ -101,34 +138,54 @@ def run_fixed_stage(run: Run, stage: str, configs: list[tuple[Cell, TrialConfig]
         console.print(f"{stage}: cell(s) {', '.join(changed)} ran with other inputs (their configurations changed, "
                       "e.g. tuned since): their old rows are set aside (orphaned/), running them again")
         quarantine_rows(run.exp_uri, stage, [c for c in todo if c.name in changed], quiet=True)
-    points = [{"trial": cfg.to_dict(), "meta": run.meta(stage, cell)} for cell in todo for cfg in by_cell[cell]]
+    points, bundled = fixed_points(run, stage, {cell: by_cell[cell] for cell in todo})
     name = stage if len(todo) == len(by_cell) and not done else f"{stage}-{inputs_hash(sorted(c.name for c in todo))[:8]}"
 
     label = f"{run.spec.experiment}.{name}"
 
     def make():
         generator = tuners.grid(label, run.spec.max_concurrent)
-        return tuners.new_tuner(run.spec, run.exp_uri, name, {"point": tune.grid_search(points)},
-                                tune.TuneConfig(search_alg=generator, reuse_actors=True))
+        return tuners.new_tuner(run.spec, run.exp_uri, name,
+                                {("bundle" if bundled else "point"): tune.grid_search(points)},
+                                tune.TuneConfig(search_alg=generator, reuse_actors=not bundled), bundled)
 
-    console.print(f"[bold]{name}[/]: {len(points)} trials")
+    n = sum(len(by_cell[c]) for c in todo)
+    console.print(f"[bold]{name}[/]: {n} trials" + (f" in {len(points)} bundles" if bundled else ""))
     with tuners.located(run.exp_uri, label):
-        trials = fit(tuner_for(run, name, make, stage, todo), len(points), name)
+        trials = fit(tuner_for(run, name, make, stage, todo, bundled), len(points), name)
     settle(run, stage, trials, set(todo))
     fail_if_all_errored(run.exp_uri, stage, todo, name)
     run.manifest["cells"][stage] = "done"
     remembered[stage] = {**done, **{cell.name: inputs[cell.name] for cell in todo}}
 
 
+def fixed_points(run: Run, stage: str, by_cell: dict[Cell, list[TrialConfig]]) -> tuple[list[dict], bool]:
+    """(Tune's grid points, bundled): one point per trial, or - where a cell's bundle size is above 1 -
+    one per bundle of trials sharing everything but their seed and float hyper-parameters. Every trial
+    carries its id (sweeps.plan.fixed_trial_id), so bundled and unbundled stages write the same rows."""
+    sizes = {cell: bundle_size(run.spec, cell) for cell in by_cell}
+    if all(n == 1 for n in sizes.values()):
+        return [{"trial": cfg.to_dict(), "meta": run.meta(stage, cell), "trial_id": fixed_trial_id(stage, cell, cfg)}
+                for cell, cfgs in by_cell.items() for cfg in cfgs], False
+    points = []
+    for cell, cfgs in by_cell.items():
+        meta = {**run.meta(stage, cell), "bundle_mode": run.spec.bundle.mode}
+        for group in bundle_groups([(fixed_trial_id(stage, cell, c), c) for c in cfgs], sizes[cell],
+                                   key=lambda item: item[1]):
+            points.append({"meta": meta, "members": [{"trial": c.to_dict(), "trial_id": tid, "variant": cell.variant}
+                                                     for tid, c in group]})
+    return points, True
+
+
 # ------------------------------------------------------------------------------------------ shared
 
 
-def tuner_for(run: Run, name: str, make, stage: str, cells: list[Cell]):
+def tuner_for(run: Run, name: str, make, stage: str, cells: list[Cell], bundled: bool = False):
     """Restore a stage's Tuner if Tune saved one (resume), else make a new one, after setting aside the
     rows an abandoned earlier run of these cells wrote."""
     if tuners.can_restore(run.exp_uri, name):
         console.print(f"[bold]{name}[/]: resuming")
-        return tuners.restore(run.spec, run.exp_uri, name)
+        return tuners.restore(run.spec, run.exp_uri, name, bundled)
     quarantine_rows(run.exp_uri, stage, cells)
     return make()
 
@@ -155,20 +212,36 @@ def settle(run: Run, stage: str, trials: list, cells: set[Cell]) -> None:
     for t in trials:
         if t.status != "ERROR":
             continue
-        trial_id, error = f"{stage}-{t.trial_id}", tune_error(t)
-        if trial_id in have:
-            mark_unfinished(run.exp_uri, stage, "errored", trial_ids=[trial_id], error=error)
-        else:
-            errored_row(run, stage, trial_id, t.config, error)
+        error = tune_error(t)
+        for trial_id, cfg, variant in trials_of(t, run, stage, cells):
+            if trial_id in have:
+                mark_unfinished(run.exp_uri, stage, "errored", trial_ids=[trial_id], error=error)
+            else:
+                errored_row(run, stage, trial_id, cfg, variant, error)
     mark_unfinished(run.exp_uri, stage)
 
 
-def errored_row(run: Run, stage: str, trial_id: str, config: dict, error: str) -> None:
-    from .trainable import trial_config_of
+def trials_of(t, run: Run, stage: str, cells: set[Cell]) -> list[tuple[str, TrialConfig, str]]:
+    """(trial id, configuration, variant) of each metasweep trial of a Tune trial (a bundle's members)."""
+    from .bundle_trainable import members_of
+    from .trainable import trial_config_of, trial_id_of
 
+    config = t.config
+    if "bundle" in config or "members" in config or "hps" in config:
+        if "bundle" in config:
+            config = {**config["bundle"], **{k: v for k, v in config.items() if k != "bundle"}}
+        if "hps" in config and ("meta" not in config or "trial" not in config):  # a bundle the search drew
+            (cell,) = cells
+            config = {**config, "meta": {**run.meta(stage, cell), "cell": cell.name},
+                      "trial": tune_trial_base(run.spec, cell).to_dict()}
+        return [(m["trial_id"], TrialConfig.from_dict(m["trial"]), m["variant"]) for m in members_of(config)]
     meta, cfg = trial_config_of(config)
+    return [(trial_id_of(config, t.trial_id), cfg, meta["variant"])]
+
+
+def errored_row(run: Run, stage: str, trial_id: str, cfg: TrialConfig, variant: str, error: str) -> None:
     row = trial_row(cfg, experiment=run.spec.experiment, stage=stage, trial_id=trial_id, attempt=0,
-                    spec_hash=run.spec_hash, started=None, status="errored", variant=meta["variant"], error=error,
+                    spec_hash=run.spec_hash, started=None, status="errored", variant=variant, error=error,
                     device=resolve_device(cfg.device))
     write_trial(run.exp_uri, row, {}, {})
 

@@ -78,7 +78,7 @@ def trial_config_of(config: dict) -> tuple[dict, TrialConfig]:
         config = {**config["point"], **{k: v for k, v in config.items() if k != "point"}}
     cfg = TrialConfig.from_dict(dict(config["trial"]))
     for key, value in config.items():
-        if key not in ("trial", "meta", "point"):
+        if key not in ("trial", "meta", "point", "trial_id"):
             cfg.set_hparam(key, value)
     return config["meta"], cfg
 
@@ -90,7 +90,7 @@ def metasweep_trainable(config: dict, results_uri: str) -> None:
     never an exception for Ray to retry; only a trial that cannot write even that row raises."""
     meta, cfg = trial_config_of(config)
     torch.set_num_threads(max(1, int(meta.get("cpus", 1))))
-    trial_id = f"{meta['stage']}-{tune.get_context().get_trial_id()}"
+    trial_id = trial_id_of(config)
     started, attempt = utc_now(), 0
     try:
         state, attempt = restored_state(cfg)
@@ -104,6 +104,15 @@ def metasweep_trainable(config: dict, results_uri: str) -> None:
                        device=resolve_device(cfg.device))
         write_trial(results_uri, final, {}, {})
     tune.report(final_report(final))
+
+
+def trial_id_of(config: dict, tune_trial_id: str | None = None) -> str:
+    """A trial's id: the one its grid point carries (test and grid stages: sweeps.plan.fixed_trial_id,
+    a function of its configuration), else `<stage>-<Tune's trial id>` (unbundled tune trials)."""
+    point = config.get("point", config)
+    if point.get("trial_id"):
+        return point["trial_id"]
+    return f"{point['meta']['stage']}-{tune_trial_id or tune.get_context().get_trial_id()}"
 
 
 def restored_state(cfg: TrialConfig):

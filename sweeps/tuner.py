@@ -47,14 +47,16 @@ def grid(label: str, max_concurrent: int):
     return RelocatableGrid(label, max_concurrent)
 
 
-def trainable(spec: Spec, exp_uri: str):
-    """The trial function with its resources, told where the results go (not stored in Tune's
-    state: a restored Tuner gets the experiment's current place)."""
+def trainable(spec: Spec, exp_uri: str, bundled: bool = False):
+    """The trial function with its resources (`bundled`: one Tune trial per bundle of trials), told
+    where the results go (not stored in Tune's state: a restored Tuner gets the experiment's current
+    place)."""
     from ray import tune
 
+    from .bundle_trainable import metasweep_bundle_trainable
     from .trainable import metasweep_trainable
 
-    fn = tune.with_parameters(metasweep_trainable, results_uri=exp_uri)
+    fn = tune.with_parameters(metasweep_bundle_trainable if bundled else metasweep_trainable, results_uri=exp_uri)
     return tune.with_resources(fn, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
 
 
@@ -91,16 +93,17 @@ def can_restore(exp_uri: str, name: str) -> bool:
     return tune.Tuner.can_restore(path, storage_filesystem=fs)
 
 
-def restore(spec: Spec, exp_uri: str, name: str):
+def restore(spec: Spec, exp_uri: str, name: str, bundled: bool = False):
     """The stage's Tuner as Tune saved it, at the experiment's current place; errored trials resume."""
     from ray import tune
 
     path, fs = storage_of(exp_uri, name)
-    return tune.Tuner.restore(path, trainable=trainable(spec, exp_uri), resume_errored=True, storage_filesystem=fs)
+    return tune.Tuner.restore(path, trainable=trainable(spec, exp_uri, bundled), resume_errored=True,
+                              storage_filesystem=fs)
 
 
-def new_tuner(spec: Spec, exp_uri: str, name: str, param_space: dict, tune_config):
+def new_tuner(spec: Spec, exp_uri: str, name: str, param_space: dict, tune_config, bundled: bool = False):
     from ray import tune
 
-    return tune.Tuner(trainable(spec, exp_uri), param_space=param_space, tune_config=tune_config,
+    return tune.Tuner(trainable(spec, exp_uri, bundled), param_space=param_space, tune_config=tune_config,
                       run_config=run_config(spec, exp_uri, name))

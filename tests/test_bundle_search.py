@@ -7,7 +7,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from metasweep.sweeps.bundle_search import BundleSearch, Rungs, member_id
+from metasweep.sweeps.bundle_search import BundleSearch, Rungs, member_id, members_of_result
 
 
 def search(tmp_path, total=5, size=2):
@@ -30,6 +30,8 @@ def test_each_bundle_asks_several_configurations_and_tells_each_members_result(t
     s.on_trial_complete("t2", {"members": {member_id("tune", "maml-k10", second["numbers"][0]):
                                            {"status": "stopped_early", "val_loss": 2.0}}})
     s.on_trial_complete("t3", error=True)
+    assert members_of_result({"members/tune-c-n0001/status": "completed", "members/tune-c-n0001/val_loss": 0.5,
+                              "val_loss": 0.5}) == {"tune-c-n0001": {"status": "completed", "val_loss": 0.5}}
     study = optuna.load_study(study_name="exp.maml-k10", storage=f"sqlite:///{tmp_path}/optuna.db")
     states = {t.number: t.state for t in study.trials}
     assert states[n0] == TrialState.COMPLETE and study.trials[n0].value == 0.5
@@ -37,6 +39,17 @@ def test_each_bundle_asks_several_configurations_and_tells_each_members_result(t
     assert states[second["numbers"][1]] == TrialState.FAIL  # no result for it: the bundle lost it
     assert states[third["numbers"][0]] == TrialState.FAIL
     assert study.best_trial.params == first["hps"][0]
+
+
+def test_an_in_memory_study_travels_with_the_pickled_searcher():
+    s = BundleSearch({"alpha": (1e-3, 1.0, True)}, 2, 4, study_name="e.c", sampler_seed=0, stage="tune", cell="c")
+    x = s.suggest("t1")
+    s.on_trial_complete("t1", {"members": {member_id("tune", "c", n): {"status": "completed", "val_loss": 0.1 * n}
+                                           for n in x["numbers"]}})
+    again = pickle.loads(pickle.dumps(s))
+    assert [t.value for t in again.study.trials] == [0.0, 0.1]
+    y = again.suggest("t2")
+    assert y["numbers"] == [2, 3] and again.suggest("t3") == BundleSearch.FINISHED
 
 
 def test_the_searcher_survives_pickling_and_a_second_tell(tmp_path):

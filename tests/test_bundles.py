@@ -255,3 +255,14 @@ def test_conv_and_nil_members_are_evaluated_in_one_pass():
             alone_rows = evaluate(s, p, n_tasks=8, shots=(1, 2), steps=(0, 2))
             np.testing.assert_allclose(rows["loss"], alone_rows["loss"], rtol=1e-4, atol=1e-5)
             np.testing.assert_array_equal(rows["accuracy"], alone_rows["accuracy"])
+
+
+def test_callbacks_name_members_that_differ_only_in_their_seed():
+    """Members with equal setups (a test stage: one tuned configuration, several seeds) are told apart
+    by identity: the report callback gets each member's own index."""
+    setups = [sine("maml")] * 3
+    members = [Member(s, init_state(s, seed)) for s, seed in zip(setups, (0, 1, 2))]
+    seen = []
+    train_bundle(members, STEPS, report_every=REPORT, val_tasks=4, on_report=lambda i, m, row: seen.append(
+        (i, m.state.seed)))
+    assert seen == [(0, 0), (1, 1), (2, 2)] * 2
