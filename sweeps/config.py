@@ -204,11 +204,26 @@ class ModelSpec(Strict):
 class VariantSpec(Strict):
     """A preset, optionally with switches overridden: {name: mt-net-fo, preset: mt-net, switches: {order: first}}.
     A plain string `mt-net` means {name: mt-net, preset: mt-net}. Switch values: booleans, integers
-    (e.g. a metric learner's train_ways) or strings."""
+    (e.g. a metric learner's train_ways) or strings. `train_shots_range: [lo, hi]` meta-trains this
+    variant on support sizes K drawn uniformly from lo..hi per meta-batch (core.setup.draw_train_shots);
+    its meta-validation and its cell keep the spec's train_shots."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
     preset: Annotated[str, _registered(registry.preset_names, "preset", "presets")]
     switches: dict[str, bool | int | str] = Field(default_factory=dict)
+    train_shots_range: tuple[int, int] | None = None
+
+    @field_validator("train_shots_range", mode="before")
+    @classmethod
+    def _shots_range(cls, v):
+        if v is None:
+            return v
+        from metasweep.core.setup import check_shots_range
+
+        try:
+            return check_shots_range(tuple(v) if isinstance(v, list) else v)
+        except ValueError:
+            raise ValueError(f"must be two integers [lo, hi] with 1 <= lo <= hi (got {v!r})") from None
 
     @field_validator("switches")
     @classmethod

@@ -48,6 +48,7 @@ def trial_config(spec: RunSpec, cell: Cell, *, split: str, seed: int, **override
     cfg = TrialConfig(
         task=spec.task.family, task_options=dict(spec.task.options), variant=preset, variant_overrides=switches,
         hidden=tuple(spec.model.hidden), train_shots=cell.shots, queries=spec.task.queries,
+        train_shots_range=spec.variant(cell.variant).train_shots_range,
         meta_steps=b.meta_steps, report_every=b.report_every, val_tasks=e.val_tasks, val_seed=e.val_seed,
         eval_split=split, eval_seed=e.seed, eval_tasks=e.tasks, eval_shots=tuple(e.shots),
         eval_steps=tuple(e.inner_steps), seed=seed, cka_tasks=e.cka_tasks, plugins=tuple(spec.plugins))
@@ -126,6 +127,8 @@ def bundle_size(spec: Spec, cell: Cell) -> int:
     if spec.bundle.size != "auto":
         return int(spec.bundle.size)
     learner = spec.learner(cell.variant)
+    if spec.variant(cell.variant).train_shots_range is not None:
+        return 1  # members drawing their own support sizes run one after another (core.bundle.auto_mode): no gain
     from metasweep.core.registry import make_family
 
     family = make_family(spec.task.family, **spec.task.options)
