@@ -91,7 +91,7 @@ def rank(m: EvalMatrices, baseline: str | None = "maml") -> Ranking:
     rows = sorted({row for row, _ in m.values}, key=lambda r: row_sort_key(m.row_variant[r], m.row_point[r], baseline))
     cells, per_task, notes = _cells(m, rows)
     lower = get_metric(m.metric).lower_is_better
-    base_of = baseline_rows(rows, m.row_variant, m.row_config, baseline)
+    base_of = baseline_rows(rows, m.row_variant, m.row_config, m.row_point, baseline)
     paired, score_rows = [], []
     for st in m.settings:
         present = [r for r in rows if (r, st) in cells and not cells[(r, st)].nonfinite_tasks]
@@ -151,10 +151,13 @@ def _cells(m: EvalMatrices, rows: list[str]) -> tuple[dict, dict, list[str]]:
 
 
 def baseline_rows(rows: list[str], row_variant: dict[str, str], row_config: dict[str, dict],
-                  baseline: str | None) -> dict[str, str | None]:
-    """Each row's baseline row: the one row of the baseline variant whose configuration agrees with
-    the row's on every value both have (the same grid point; a temperature that maml does not read
-    is not compared). None for the baseline's own rows, and where no row or several rows match."""
+                  row_point: dict[str, dict], baseline: str | None) -> dict[str, str | None]:
+    """Each row's baseline row: the one row of the baseline variant at the same grid point - sharing
+    the row's value of every dimension of the grid (a name whose value varies among some variant's
+    rows: its `row_point`) that both have (a temperature that maml does not read is not compared).
+    What is constant within each variant, such as a variant's own `budget:` or `defaults:`, does
+    not part them. None for the baseline's own rows, and where no row or several rows match."""
+    dims = {k for r in rows for k in row_point[r]}
     base = [r for r in rows if row_variant[r] == baseline]
     out: dict[str, str | None] = {}
     for r in rows:
@@ -162,7 +165,7 @@ def baseline_rows(rows: list[str], row_variant: dict[str, str], row_config: dict
             out[r] = None
             continue
         mine = row_config[r]
-        match = [b for b in base if all(mine[k] == v for k, v in row_config[b].items() if k in mine)]
+        match = [b for b in base if all(mine[k] == row_config[b][k] for k in dims if k in mine and k in row_config[b])]
         out[r] = match[0] if len(match) == 1 else None
     return out
 

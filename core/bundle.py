@@ -72,8 +72,8 @@ def auto_mode(setup: Setup) -> str:
     "fold" at small meta-batches (4 tasks: fold 2900, vmap 1850 member-steps/s; 10: 1860 vs 1520), "vmap"
     at large ones (25: fold 930, vmap 1110), where fold's per-task weight copies cost more than its
     saved dispatches. "vmap" for learners that cannot fold; "loop" for outer rules with no batched gradient
-    (TRPO)."""
-    if not outer_rule(setup.learner.outer).batched_gradient:
+    (TRPO) and for members with a train_shots_range (their meta-batches differ in shape)."""
+    if not outer_rule(setup.learner.outer).batched_gradient or setup.train_shots_range is not None:
         return "loop"
     if getattr(setup.learner, "fold", False) and setup.hp.meta_batch <= 12:
         return "fold"

@@ -44,6 +44,8 @@ def train(
     task: str | None = typer.Option(None, help="task family (a name in the registry)"),
     variant: str = typer.Option("maml", help="preset (a name in the registry)"),
     train_shots: int | None = typer.Option(None, help="support points (per class) per task during meta-training (K)"),
+    train_shots_range: str | None = typer.Option(None, help="LO,HI: meta-train on K drawn from LO..HI per meta-batch "
+                                                            "(validation stays at --train-shots)"),
     queries: int | None = typer.Option(None, help="query points (per class) per task"),
     order: int | None = typer.Option(None, help="task option order (polynomial)"),
     data_root: str | None = typer.Option(None, help="task option data_root: image tasks' dataset folder "

@@ -142,6 +142,24 @@ def resolve_path(value: str, base: str | None) -> str:
 # ------------------------------------------------------------------------------------------ the models
 
 
+def check_defaults(values: dict, loc: tuple) -> dict:
+    """`defaults:` entries: declared hyper-parameters (not those with a home of their own), each
+    inside its domain. ConfigError at `loc` + the name."""
+    out = {}
+    for name, value in values.items():
+        where = (*loc, name)
+        if name in HOMES:
+            home = (*loc[:-1], *HOMES[name]) if loc[:1] == ("variants",) and HOMES[name][0] == "budget" else HOMES[name]
+            raise ConfigError(where, f"set it as {dotted(home)}")
+        if name not in HPARAMS:
+            raise ConfigError(where, f"unknown hyper-parameter; declared: {', '.join(HPARAMS)}")
+        try:
+            out[name] = check_hparam(name, value)
+        except ValueError as e:
+            raise ConfigError(where, str(e), value) from None
+    return out
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -201,14 +219,42 @@ class ModelSpec(Strict):
         return v
 
 
+class BudgetOverride(Strict):
+    """A variant's own budget: the fields given replace the spec's `budget:` for that variant."""
+
+    meta_steps: Count | None = None
+    report_every: Count | None = None
+    meta_batch: Annotated[int, _hparam("meta_batch")] | None = None
+    inner_steps: Annotated[int, _hparam("inner_steps")] | None = None
+
+
 class VariantSpec(Strict):
     """A preset, optionally with switches overridden: {name: mt-net-fo, preset: mt-net, switches: {order: first}}.
     A plain string `mt-net` means {name: mt-net, preset: mt-net}. Switch values: booleans, integers
-    (e.g. a metric learner's train_ways) or strings."""
+    (e.g. a metric learner's train_ways) or strings. `train_shots_range: [lo, hi]` meta-trains this
+    variant on support sizes K drawn uniformly from lo..hi per meta-batch (core.setup.draw_train_shots);
+    its meta-validation and its cell keep the spec's train_shots. `budget:` (any of the budget's
+    fields) and `defaults:` (hyper-parameters this variant reads) override the spec's for this
+    variant only, e.g. a learner at its own paper's meta-batch (checked by RunSpec)."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
     preset: Annotated[str, _registered(registry.preset_names, "preset", "presets")]
     switches: dict[str, bool | int | str] = Field(default_factory=dict)
+    train_shots_range: tuple[int, int] | None = None
+    budget: BudgetOverride = Field(default_factory=lambda: BudgetOverride())
+    defaults: dict[str, float | int | str] = Field(default_factory=dict)
+
+    @field_validator("train_shots_range", mode="before")
+    @classmethod
+    def _shots_range(cls, v):
+        if v is None:
+            return v
+        from metasweep.core.setup import check_shots_range
+
+        try:
+            return check_shots_range(tuple(v) if isinstance(v, list) else v)
+        except ValueError:
+            raise ValueError(f"must be two integers [lo, hi] with 1 <= lo <= hi (got {v!r})") from None
 
     @field_validator("switches")
     @classmethod
@@ -299,19 +345,7 @@ class RunSpec(Strict):
     @field_validator("defaults")
     @classmethod
     def _defaults(cls, v):
-        """Declared hyper-parameters (not those with a home of their own), each inside its domain."""
-        out = {}
-        for name, value in v.items():
-            loc = ("defaults", name)
-            if name in HOMES:
-                raise ConfigError(loc, f"set it as {'.'.join(HOMES[name])}")
-            if name not in HPARAMS:
-                raise ConfigError(loc, f"unknown hyper-parameter; declared: {', '.join(HPARAMS)}")
-            try:
-                out[name] = check_hparam(name, value)
-            except ValueError as e:
-                raise ConfigError(loc, str(e), value) from None
-        return out
+        return check_defaults(v, ("defaults",))
 
     @model_validator(mode="after")
     def _defaults_read(self):
@@ -319,6 +353,19 @@ class RunSpec(Strict):
         for name in self.defaults:
             if name not in read:
                 raise ConfigError(("defaults", name), f"no variant reads {name}; they read: {', '.join(read)}")
+        for i, v in enumerate(self.variants):
+            loc = ("variants", i)
+            check_defaults(v.defaults, (*loc, "defaults"))
+            reads = [h for h in HPARAMS if h in v.learner().reads()]
+            for name in v.defaults:
+                if name not in reads:
+                    raise ConfigError((*loc, "defaults", name), f"variant {v.name} does not read {name}; it reads: "
+                                                                f"{', '.join(reads)}")
+            try:
+                self.budget_of(v.name)
+            except ValidationError as e:
+                raise ConfigError((*loc, "budget"), "; ".join(err["msg"].removeprefix("Value error, ")
+                                                              for err in e.errors())) from None
         return self
 
     # ---------------------------------------------------------------- what the variants are
@@ -346,12 +393,23 @@ class RunSpec(Strict):
         reads = {h for v in self.variants for h in v.learner().reads()}
         return [h for h in HPARAMS if h in reads]
 
-    def hparam_default(self, name: str):
-        """The value a trial uses where nothing searched or gridded it: `defaults:`, the field that is
-        its home (budget.meta_batch, budget.inner_steps, eval.mask_eval), else its declared default."""
+    def budget_of(self, variant: str) -> Budget:
+        """The spec's budget with the variant's own `budget:` fields over it (pydantic ValidationError
+        if they do not fit together, e.g. report_every > meta_steps)."""
+        own = self.variant(variant).budget.model_dump(exclude_none=True)
+        return Budget(**{**self.budget.model_dump(), **own}) if own else self.budget
+
+    def hparam_default(self, name: str, variant: str | None = None):
+        """The value a trial of `variant` uses where nothing searched or gridded it: the variant's
+        `defaults:`, the spec's, the field that is its home (budget.meta_batch, budget.inner_steps -
+        the variant's budget where it sets them - eval.mask_eval), else its declared default."""
+        own = self.variant(variant).defaults if variant is not None else {}
+        if name in own:
+            return own[name]
         if name in HOMES:
             section, field = HOMES[name]
-            return getattr(getattr(self, section), field)
+            home = self.budget_of(variant) if section == "budget" and variant is not None else getattr(self, section)
+            return getattr(home, field)
         return self.defaults.get(name, hp_default(name))
 
 

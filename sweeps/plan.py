@@ -40,20 +40,23 @@ def learner_of(spec: RunSpec, variant: str):
 
 
 def trial_config(spec: RunSpec, cell: Cell, *, split: str, seed: int, **overrides) -> TrialConfig:
-    """One trial of a cell: the config's budget and evaluation, its hyper-parameters' defaults (the
-    common ones, and a learner's own where `defaults:` gives them), then `overrides` (a search's or
+    """One trial of a cell: the config's budget (the variant's own where it has one) and evaluation,
+    its hyper-parameters' defaults (the common ones, and a learner's own where `defaults:` gives
+    them; the variant's `defaults:` first), then `overrides` (a search's or
     a grid's values, by field or hyper-parameter name)."""
     preset, switches = spec.variant_of(cell.variant)
-    b, e = spec.budget, spec.eval
+    b, e = spec.budget_of(cell.variant), spec.eval
     cfg = TrialConfig(
         task=spec.task.family, task_options=dict(spec.task.options), variant=preset, variant_overrides=switches,
         hidden=tuple(spec.model.hidden), train_shots=cell.shots, queries=spec.task.queries,
+        train_shots_range=spec.variant(cell.variant).train_shots_range,
         meta_steps=b.meta_steps, report_every=b.report_every, val_tasks=e.val_tasks, val_seed=e.val_seed,
         eval_split=split, eval_seed=e.seed, eval_tasks=e.tasks, eval_shots=tuple(e.shots),
         eval_steps=tuple(e.inner_steps), seed=seed, cka_tasks=e.cka_tasks, plugins=tuple(spec.plugins))
     reads = spec.learner(cell.variant).reads()
-    for name in (*COMMON, *(h for h in spec.defaults if h not in COMMON and h in reads)):
-        cfg.set_hparam(name, spec.hparam_default(name))
+    own = spec.variant(cell.variant).defaults
+    for name in (*COMMON, *(h for h in {**spec.defaults, **own} if h not in COMMON and h in reads)):
+        cfg.set_hparam(name, spec.hparam_default(name, cell.variant))
     for k, v in overrides.items():
         if k in TRIAL_FIELDS:
             setattr(cfg, k, v)
@@ -126,6 +129,8 @@ def bundle_size(spec: Spec, cell: Cell) -> int:
     if spec.bundle.size != "auto":
         return int(spec.bundle.size)
     learner = spec.learner(cell.variant)
+    if spec.variant(cell.variant).train_shots_range is not None:
+        return 1  # members drawing their own support sizes run one after another (core.bundle.auto_mode): no gain
     from metasweep.core.registry import make_family
 
     family = make_family(spec.task.family, **spec.task.options)

@@ -6,6 +6,7 @@ into one line and exit 2 by the caller; never a trial that errors after training
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -60,7 +61,8 @@ def _creatable(path: str) -> bool:
 
 def check_cells(run: RunSpec, configs: list[tuple[Cell, TrialConfig]]) -> None:
     """Every distinct (cell, split, task options) of the trials to come: the learner accepts the
-    setup (variants[i]), training and validation episodes fit (train_shots), evaluation episodes fit
+    setup (variants[i]), training and validation episodes fit (train_shots, or the variant's
+    train_shots_range), evaluation episodes fit
     (eval.shots)."""
     seen = set()
     names = run.variant_names()
@@ -77,11 +79,24 @@ def check_cells(run: RunSpec, configs: list[tuple[Cell, TrialConfig]]) -> None:
         try:
             check_sizes(setup, eval_shots=(), val=cfg.val_tasks > 0)
         except ValueError as e:
-            raise ConfigError(("train_shots",), f"{where}: {e}") from None
+            raise ConfigError(_training_field(setup, cfg, names.index(cell.variant)), f"{where}: {e}") from None
         try:
             check_sizes(setup, eval_split=cfg.eval_split, eval_shots=cfg.eval_shots, val=False)
         except ValueError as e:
             raise ConfigError(("eval", "shots"), f"{where}: {e}") from None
+
+
+def _training_field(setup, cfg: TrialConfig, index: int) -> tuple:
+    """The field to change when training episodes do not fit: the variant's train_shots_range where
+    the cell's own shots would fit, else train_shots."""
+    if cfg.train_shots_range is not None:
+        try:
+            check_sizes(dataclasses.replace(setup, train_shots_range=None), eval_shots=(), val=cfg.val_tasks > 0)
+        except ValueError:
+            pass
+        else:
+            return ("variants", index, "train_shots_range")
+    return ("train_shots",)
 
 
 def preflight(run: RunSpec, configs: list[tuple[Cell, TrialConfig]]) -> None:

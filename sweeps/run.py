@@ -153,7 +153,10 @@ def run_test_stage(run: Run) -> None:
     if not tuned:
         searched = {h for v in spec.variant_names() for h in spec.learner(v).searched()}
         defaults = ", ".join(f"{k}={spec.hparam_default(k)}" for k in spec.read_by_any() if k in searched)
-        console.print(f"test: no tune results; every variant uses the spec's defaults ({defaults})", markup=False)
+        own = "; ".join(f"{v.name}: " + ", ".join(f"{k}={x}" for k, x in v.defaults.items())
+                        for v in spec.variants if v.defaults)
+        console.print(f"test: no tune results; every variant uses the spec's defaults ({defaults})"
+                      + (f", its own where it has them ({own})" if own else ""), markup=False)
     configs = stage_test_configs(spec, best, hp_sources(spec, manifest, best))
     run_fixed_stage(run, "test", configs)
     print_sources(configs)

@@ -15,6 +15,7 @@ FIELDS = {
     "order": ("task", "options", "order"), "data_root": ("task", "options", "data_root"),
     "ways": ("task", "options", "ways"), "splits": ("task", "options", "splits"),
     "cache_dir": ("task", "options", "cache_dir"), "variant": ("variants",), "switch": ("variants", 0, "switches"),
+    "train_shots_range": ("variants", 0, "train_shots_range"),
     "train_shots": ("train_shots",), "report_every": ("budget",), "meta_steps": ("budget", "meta_steps"),
     "meta_batch": ("budget", "meta_batch"), "inner_steps": ("budget", "inner_steps"), "eval_shots": ("eval", "shots"),
     "eval_steps": ("eval", "inner_steps"), "eval_tasks": ("eval", "tasks"), "eval_seed": ("eval", "seed"),
@@ -83,7 +84,9 @@ def config_data(o: dict) -> dict:
     return _given({
         "plugins": list(o["plugin"]) or None,
         "task": _given({"family": o["task"], "queries": o["queries"], "options": options}),
-        "variants": [{"name": o["variant"], "preset": o["variant"], "switches": pairs(o["switch"], "--switch")}],
+        "variants": [_given({"name": o["variant"], "preset": o["variant"], "switches": pairs(o["switch"], "--switch"),
+                             "train_shots_range": (int_list(o["train_shots_range"], "--train-shots-range")
+                                                   if o["train_shots_range"] else None)})],
         "train_shots": [o["train_shots"]] if o["train_shots"] is not None else None,
         "budget": budget,
         "eval": _given({"shots": eval_shots, "tasks": o["eval_tasks"], "seed": o["eval_seed"],

@@ -72,7 +72,7 @@ def run_tune_cell(run: Run, cell: Cell) -> None:
             search_alg=(make_bundle_searcher(space, size, total, spec.search.sampler_seed, label, cell.name,
                                              spec.max_concurrent) if bundled else
                         make_searcher(space, spec.search.sampler_seed, label, spec.max_concurrent)),
-            scheduler=None if bundled else tuners.scheduler(spec), metric="val_loss", mode="min",
+            scheduler=None if bundled else tuners.scheduler(spec, cell), metric="val_loss", mode="min",
             num_samples=n_trials, reuse_actors=not bundled)
         return tuners.new_tuner(spec, run.exp_uri, name,
                                 {"trial": tune_trial_base(spec, cell).to_dict(), "meta": meta}, tune_config, bundled)
@@ -99,7 +99,8 @@ def rungs_for(run: Run, cell: Cell, create: bool = False) -> str | None:
     if create:
         from .bundle_search import rung_actor
 
-        reports = math.ceil(spec.budget.meta_steps / spec.budget.report_every)
+        budget = spec.budget_of(cell.variant)
+        reports = math.ceil(budget.meta_steps / budget.report_every)
         rung_actor(name, spec.scheduler.grace_period, spec.scheduler.reduction_factor, reports)
     return name
 

@@ -39,6 +39,7 @@ class TrialConfig:
     variant_overrides: dict = field(default_factory=dict)
     hidden: tuple[int, ...] = tuple(field_default(ModelSpec, "hidden"))
     train_shots: int = field_default(RunSpec, "train_shots")[0]
+    train_shots_range: tuple[int, int] | None = None  # meta-train on K ~ U{lo..hi} (core.setup.draw_train_shots)
     queries: int = field_default(TaskSpec, "queries")
     alpha: float = default_hparam("alpha")
     beta: float = default_hparam("beta")
@@ -78,6 +79,8 @@ class TrialConfig:
         cfg.plugins = tuple(cfg.plugins)
         cfg.eval_shots = tuple(int(s) for s in cfg.eval_shots)
         cfg.eval_steps = tuple(int(s) for s in cfg.eval_steps)
+        if cfg.train_shots_range is not None:
+            cfg.train_shots_range = tuple(int(k) for k in cfg.train_shots_range)
         return cfg
 
     def set_hparam(self, name: str, value) -> None:
@@ -94,6 +97,8 @@ class TrialConfig:
         d = asdict(self)
         d["hidden"], d["eval_shots"], d["eval_steps"] = list(self.hidden), list(self.eval_shots), list(self.eval_steps)
         d["plugins"] = list(self.plugins)
+        if self.train_shots_range is not None:
+            d["train_shots_range"] = list(self.train_shots_range)
         return d
 
 
@@ -116,7 +121,7 @@ def build_setup(cfg: TrialConfig) -> Setup:
     # MiniImagenet), `hidden` does not apply; options data_root, ways, cache_dir (and Omniglot's splits,
     # split_seed) live in task_options; queries and shots are per class
     model = learner.make_model(family, tuple(cfg.hidden))
-    return Setup(family, learner, hp, model, cfg.train_shots, cfg.queries,
+    return Setup(family, learner, hp, model, cfg.train_shots, cfg.queries, train_shots_range=cfg.train_shots_range,
                  device=resolve_device(cfg.device), engine=cfg.engine, cuda_graphs=cfg.cuda_graphs, tf32=cfg.tf32)
 
 

@@ -76,12 +76,14 @@ def run_config(spec: Spec, exp_uri: str, name: str):
     )
 
 
-def scheduler(spec: Spec):
+def scheduler(spec: Spec, cell):
+    """ASHA over a tune cell's reports (its variant's budget), or None."""
     if spec.scheduler.type != "asha":
         return None
     from ray.tune.schedulers import ASHAScheduler
 
-    reports = math.ceil(spec.budget.meta_steps / spec.budget.report_every)
+    budget = spec.budget_of(cell.variant)
+    reports = math.ceil(budget.meta_steps / budget.report_every)
     return ASHAScheduler(time_attr="training_iteration", max_t=reports + 1, grace_period=spec.scheduler.grace_period,
                          reduction_factor=spec.scheduler.reduction_factor)
 

@@ -392,7 +392,7 @@ def test_rank_cli_missing_experiment_is_one_line(tmp_path):
 
 
 def built_row(tid, variant, seed, *, stage="test", train_shots=10, hparams=None, hp_source="tuned", hp_trial=None,
-              learner_kind="gradient", inner_loop=True, status="completed"):
+              learner_kind="gradient", inner_loop=True, status="completed", meta_steps=100):
     """A trials row through the store's one builder (as every writer makes them)."""
     from metasweep.analysis.store import trial_row as build
 
@@ -400,7 +400,7 @@ def built_row(tid, variant, seed, *, stage="test", train_shots=10, hparams=None,
     return build(experiment="synth", stage=stage, trial_id=tid, attempt=0, variant=variant, status=status,
                  task_family="sine", train_shots=train_shots, seed=seed, learner_kind=learner_kind,
                  inner_loop=inner_loop, hparams=hparams, hp_source=hp_source, hp_source_trial=hp_trial,
-                 config={**hparams, "meta_steps": 100}, meta_steps=100, device="cpu")
+                 config={**hparams, "meta_steps": meta_steps}, meta_steps=meta_steps, device="cpu")
 
 
 TRAIN = (5, 10)
@@ -556,6 +556,24 @@ def test_no_baseline_at_a_grid_point_is_a_note_not_a_wrong_comparison(tmp_path):
     assert r.variants == ["maml", "t-net alpha=0.01", "t-net alpha=0.1"]
     assert [(p["variant"], p["baseline"]) for p in r.paired] == [("t-net alpha=0.1", "maml")]
     assert "no maml row at the same grid point as t-net alpha=0.01: no paired test for them" in r.notes
+
+
+def test_what_a_variant_sets_for_itself_does_not_part_it_from_its_grid_point(tmp_path):
+    """A variant with its own budget (t-net: 300 meta-steps, maml 100) and its own beta is paired at
+    each grid value of alpha with maml's row of that alpha; the dimension of the grid still parts rows."""
+    root = str(tmp_path / "g")
+    rng = np.random.default_rng(3)
+    for v, steps, beta in (("maml", 100, 0.001), ("t-net", 300, 0.003)):
+        for a in (0.01, 0.1):
+            for seed in (0, 1):
+                hp = {"alpha": a, "beta": beta, "inner_steps": 1, "meta_batch": 25}
+                write_trial(root, built_row(f"{v}-{a}-{seed}", v, seed, stage="grid", hparams=hp, hp_source="grid",
+                                            meta_steps=steps), curve_cols(), eval_cols({5: rng.normal(size=20)}))
+    r = compute_ranking(root)
+    assert r.variants == ["maml alpha=0.01", "maml alpha=0.1", "t-net alpha=0.01", "t-net alpha=0.1"]
+    assert sorted((p["variant"], p["baseline"]) for p in r.paired) == [
+        ("t-net alpha=0.01", "maml alpha=0.01"), ("t-net alpha=0.1", "maml alpha=0.1")]
+    assert not any("same grid point" in n for n in r.notes)
 
 
 # ------------------------------------------------------------------------------------------ learners without an inner loop

@@ -46,6 +46,21 @@ MALFORMED = [
     ("experiment: x\nvariants: [maml\n", "not valid YAML at line"),
     ("- just\n- a list\n", "expected a mapping of fields at the top level"),
     (OK + "model: {hidden: []}\n", "field model.hidden: hidden sizes must be a non-empty list"),
+    # a variant's own budget and defaults: the same rules, at the variant's field
+    ("experiment: x\nvariants: [{name: m, preset: maml, defaults: {mann_read_scale: 10}}]\n",
+     "field variants[0].defaults.mann_read_scale: variant m does not read mann_read_scale; it reads: alpha, beta"),
+    ("experiment: x\nvariants: [maml, {name: m, preset: maml, defaults: {meta_batch: 4}}]\n",
+     "field variants[1].defaults.meta_batch: set it as variants[1].budget.meta_batch"),
+    ("experiment: x\nvariants: [{name: m, preset: maml, defaults: {alpha: -1}}]\n",
+     "field variants[0].defaults.alpha: must be a positive finite number (got -1)"),
+    ("experiment: x\nvariants: [{name: m, preset: maml, defaults: {alpah: 1}}]\n",
+     "field variants[0].defaults.alpah: unknown hyper-parameter; declared: alpha"),
+    ("experiment: x\nvariants: [{name: m, preset: maml, budget: {meta_steps: 10}}]\n",
+     "field variants[0].budget: report_every (100) must be <= meta_steps (10)"),
+    ("experiment: x\nvariants: [{name: m, preset: maml, budget: {meta_batch: 0}}]\n",
+     "field variants[0].budget.meta_batch: "),
+    ("experiment: x\nvariants: [{name: m, preset: maml, budget: {steps: 10}}]\n",
+     "field variants[0].budget.steps: unknown field"),
 ]
 
 

@@ -129,3 +129,33 @@ storage: res
         assert curve == list(range(10, steps[t["trial_id"]] + 1, 10))  # the curve up to where it stopped
         if t["status"] == "stopped_early":
             assert t["meta_steps"] < 60
+
+
+def test_variants_with_their_own_budget_and_defaults_train_by_them(tmp_path):
+    """A variant's `budget:` and `defaults:` replace the spec's for that variant only (e.g. each learner
+    at its own paper's meta-batch and step size); the rows and curves say what each trial ran."""
+    spec = tmp_path / "own.yaml"
+    spec.write_text("""
+experiment: own
+variants: [maml, {name: cnp, preset: cnp, budget: {meta_steps: 30, report_every: 15, meta_batch: 3},
+                  defaults: {beta: 0.002, cnp_hidden: 16}}]
+budget: {meta_steps: 20, report_every: 10, meta_batch: 5}
+eval: {shots: [5], inner_steps: [1], tasks: 10, val_tasks: 5}
+defaults: {beta: 0.001}
+test: {seeds: [0]}
+bundle: {size: 1}
+storage: res
+""")
+    r = metasweep("sweep", str(spec), "--stage", "test", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "its own where it has them (cnp: beta=0.002, cnp_hidden=16)" in r.stdout + r.stderr
+    # its own budget is the variant's, not a grid point: cnp is still paired with maml on the shared tasks
+    assert "paired tests against maml" in r.stdout and "no maml row" not in r.stdout
+    ds = read_dataset(str(tmp_path / "res" / "own"))
+    rows = {t["variant"]: t for t in ds["trials"].to_pylist()}
+    assert {v: (t["status"], t["meta_steps"], t["meta_batch"], t["beta"]) for v, t in rows.items()} == {
+        "maml": ("completed", 20, 5, 0.001), "cnp": ("completed", 30, 3, 0.002)}
+    assert '"cnp_hidden": 16' in rows["cnp"]["hparams"]
+    curves = {v: [c["meta_step"] for c in ds["curves"].to_pylist() if c["trial_id"] == t["trial_id"]]
+              for v, t in rows.items()}
+    assert curves == {"maml": [10, 20], "cnp": [15, 30]}

@@ -76,3 +76,97 @@ def test_bundles_of_ranged_members_only_in_loop_mode():
     check_bundle([s, s], "loop")
     with pytest.raises(ValueError, match="bundle them with mode loop"):
         check_bundle([s, s], "vmap")
+
+
+# ------------------------------------------------------------------ the option in specs and on the command line
+
+SPEC = """experiment: ranged
+variants: [maml, {name: cnp-k2-12, preset: cnp, train_shots_range: [2, 12]}]
+train_shots: [5]
+budget: {meta_steps: 20, report_every: 10, meta_batch: 4}
+eval: {shots: [5], inner_steps: [1], tasks: 10, val_tasks: 5}
+"""
+
+
+def test_a_spec_variant_meta_trains_on_its_range_and_keeps_the_cells_shots(tmp_path):
+    from metasweep.sweeps.plan import Cell, bundle_size, stage_test_configs
+    from metasweep.sweeps.spec import load_spec
+    from metasweep.sweeps.trial import TrialConfig, build_setup
+
+    path = tmp_path / "s.yaml"
+    path.write_text(SPEC)
+    spec = load_spec(path)[0]
+    configs = dict((cell.variant, cfg) for cell, cfg in stage_test_configs(spec, {}))
+    assert configs["maml"].train_shots_range is None
+    ranged = configs["cnp-k2-12"]
+    assert (ranged.train_shots, ranged.train_shots_range) == (5, (2, 12))
+    back = TrialConfig.from_dict(ranged.to_dict())  # the row's config JSON and a checkpoint round-trip
+    assert back.train_shots_range == (2, 12) and back == ranged
+    setup = build_setup(back)
+    assert (setup.train_shots, setup.train_shots_range) == (5, (2, 12))
+    assert bundle_size(spec, Cell("cnp-k2-12", 5)) == 1  # ranged members would run one after another
+    assert bundle_size(spec, Cell("maml", 5)) == 8
+
+
+@pytest.mark.parametrize("value, words", [
+    ("[5, 2]", "must be two integers [lo, hi] with 1 <= lo <= hi (got [5, 2])"),
+    ("[0, 3]", "must be two integers [lo, hi] with 1 <= lo <= hi (got [0, 3])"),
+    ("[3]", "must be two integers [lo, hi] with 1 <= lo <= hi (got [3])"),
+    ("five", "must be two integers [lo, hi] with 1 <= lo <= hi (got 'five')"),
+])
+def test_bad_spec_ranges_name_the_file_and_the_field(tmp_path, value, words):
+    from metasweep.sweeps.errors import UserError
+    from metasweep.sweeps.spec import load_spec
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(f"experiment: x\nvariants: [{{name: c, preset: cnp, train_shots_range: {value}}}]\n")
+    with pytest.raises(UserError) as e:
+        load_spec(path)
+    assert str(e.value).startswith(f"spec {path}") and "field variants[0].train_shots_range" in str(e.value)
+    assert words in str(e.value)
+
+
+def test_a_range_beyond_what_the_images_hold_is_stopped_before_training(tmp_path, omniglot_root):
+    """The top of the range must fit the training split's episodes (20 drawings per Omniglot character:
+    25 shots + 2 queries do not), stopped by the preflight before any trial; its bottom alone would fit."""
+    from metasweep.sweeps.config import ConfigError
+    from metasweep.sweeps.plan import stage_test_configs
+    from metasweep.sweeps.preflight import preflight
+    from metasweep.sweeps.spec import load_spec
+
+    path = tmp_path / "s.yaml"
+    task = (f"task: {{family: omniglot, queries: 2, options: {{data_root: {omniglot_root}, ways: 5, "
+            "splits: [200, 40, 52]}}\n")
+    for top, fits in ((5, True), (25, False)):
+        path.write_text(f"experiment: x\n{task}variants: [{{name: p, preset: protonet, train_shots_range: [1, {top}]}}]\n"
+                        "train_shots: [1]\neval: {shots: [1]}\n")
+        spec = load_spec(path)[0]
+        if fits:
+            preflight(spec, stage_test_configs(spec, {}))
+        else:
+            with pytest.raises(ConfigError, match=r"a class has 20 images, fewer than shots \+ queries = 25 \+ 2") as e:
+                preflight(spec, stage_test_configs(spec, {}))
+            assert e.value.loc == ("variants", 0, "train_shots_range")
+
+
+def test_train_takes_the_range_and_records_it(tmp_path):
+    import subprocess
+    import sys
+
+    from metasweep.analysis.store import read_dataset
+
+    out = tmp_path / "t"
+    r = subprocess.run([sys.executable, "-m", "metasweep.sweeps.cli", "train", "--variant", "cnp",
+                        "--train-shots-range", "2,12", "--train-shots", "5", "--meta-steps", "20",
+                        "--report-every", "10", "--val-tasks", "5", "--eval-tasks", "5", "--out", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    import json
+
+    row = read_dataset(str(out))["trials"].to_pylist()[0]
+    assert json.loads(row["config"])["train_shots_range"] == [2, 12] and row["train_shots"] == 5
+    bad = subprocess.run([sys.executable, "-m", "metasweep.sweeps.cli", "train", "--variant", "cnp",
+                          "--train-shots-range", "12,2", "--out", str(tmp_path / "b")],
+                         capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "--train-shots-range: must be two integers [lo, hi] with 1 <= lo <= hi (got [12, 2])" in bad.stderr
