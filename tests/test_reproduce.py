@@ -23,6 +23,23 @@ def test_smoke_table1_report_has_every_row_and_column(tmp_path):
     assert "Wall time:" in text and "torch" in text and "```yaml" in text
     assert (out / "table1-curves.png").stat().st_size > 10_000
     assert "![" in text
+    # per-seed values: each seed's mean loss over the tasks at one inner step, from the rows themselves
+    from metasweep.analysis.store import read_dataset
+
+    ds = read_dataset(str(out / "results" / "table1-smoke"))
+    trials = {t["trial_id"]: t for t in ds["trials"].to_pylist()}
+    ev = [e for e in ds["eval_tasks"].to_pylist() if e["inner_steps"] == 1 and e["shots"] == 10]
+    section = text.split("## Per seed (1 inner step)")[1].split("##")[0]
+    assert "| row | shots | seed 0 | seed 1 | spread |" in section
+    for variant in PAPER_TABLE1:
+        want = []
+        for seed in (0, 1):
+            losses = [e["loss"] for e in ev if trials[e["trial_id"]]["variant"] == variant
+                      and trials[e["trial_id"]]["seed"] == seed]
+            want.append(sum(losses) / len(losses))
+        line = next(li for li in section.splitlines() if li.startswith(f"| {variant} | 10 |"))
+        got = [float(x) for x in line.strip("| ").split(" | ")[2:]]
+        assert got == [round(want[0], 3), round(want[1], 3), round(abs(want[0] - want[1]), 3)], (variant, got, want)
 
 
 def test_report_table_parser_round_trips():
