@@ -125,10 +125,15 @@ def _per_row(p: Part, per_trial: np.ndarray) -> np.ndarray:
 def _at_inner_steps(parts: list[Part], done: list[dict], inner_steps: int | None,
                     where: str) -> tuple[list[Part], int, list[str]]:
     """The rows at `inner_steps` (default: the smallest > 0 evaluated); a learner without an inner
-    loop contributes its inner_steps = 0 rows at every number of steps (with a note)."""
+    loop contributes its inner_steps = 0 rows at every number of steps (with a note). At 0 the
+    learners without an inner loop are always available (ranked among themselves and with any
+    gradient learner evaluated before adaptation)."""
     loops = np.array([lb.inner_loop(t) for t in done] or [True])
     steps_of = [p.inner_steps[_per_row(p, loops)] if loops.any() else p.inner_steps for p in parts]
     steps_avail = union([small_unique(s) for s in steps_of]).tolist()
+    loop_steps = steps_avail if loops.any() else []
+    if not loops.all() and 0 not in steps_avail:  # the learners without an inner loop are evaluated at 0
+        steps_avail = [0, *steps_avail]
     if not steps_avail:
         raise ValueError(f"{where} has no completed trial with evaluation rows")
     if inner_steps is None:
@@ -141,6 +146,10 @@ def _at_inner_steps(parts: list[Part], done: list[dict], inner_steps: int | None
     no_loop = sorted({t["label"] for t, loop in zip(done, loops) if not loop}) if inner_steps else []
     notes = [f"{row}: no inner loop; its inner_steps = 0 rows stand for every number of inner steps"
              for row in no_loop]
+    if loops.any() and inner_steps not in loop_steps:
+        unranked = sorted({t["label"] for t, loop in zip(done, loops) if loop})
+        notes.append(f"{', '.join(unranked)}: not evaluated at {inner_steps} inner steps (evaluated at "
+                     f"{', '.join(map(str, loop_steps))}): not ranked here")
     return parts, int(inner_steps), notes
 
 

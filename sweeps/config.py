@@ -349,14 +349,14 @@ class RunSpec(Strict):
 
     @model_validator(mode="after")
     def _defaults_read(self):
-        read = self.read_by_any()
+        read = [h for h in self.read_by_any() if h not in HOMES]  # what `defaults:` can set
         for name in self.defaults:
             if name not in read:
                 raise ConfigError(("defaults", name), f"no variant reads {name}; they read: {', '.join(read)}")
         for i, v in enumerate(self.variants):
             loc = ("variants", i)
             check_defaults(v.defaults, (*loc, "defaults"))
-            reads = [h for h in HPARAMS if h in v.learner().reads()]
+            reads = [h for h in HPARAMS if h in v.learner().reads() and h not in HOMES]
             for name in v.defaults:
                 if name not in reads:
                     raise ConfigError((*loc, "defaults", name), f"variant {v.name} does not read {name}; it reads: "
@@ -364,8 +364,10 @@ class RunSpec(Strict):
             try:
                 self.budget_of(v.name)
             except ValidationError as e:
-                raise ConfigError((*loc, "budget"), "; ".join(err["msg"].removeprefix("Value error, ")
-                                                              for err in e.errors())) from None
+                message = "; ".join(err["msg"].removeprefix("Value error, ") for err in e.errors())
+                inherited = [f for f in Budget.model_fields if f in message and getattr(v.budget, f) is None]
+                raise ConfigError((*loc, "budget"), message + (f" ({', '.join(inherited)}: the spec's budget)"
+                                                               if inherited else "")) from None
         return self
 
     # ---------------------------------------------------------------- what the variants are

@@ -31,13 +31,13 @@ def flag(loc: tuple) -> str:
     return "--" + (best or "task").replace("_", "-")
 
 
-def int_list(text: str, option: str) -> list[int]:
+def int_list(text: str, option: str, example: str = "5,10,20") -> list[int]:
     try:
         values = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
-        raise UserError(f"{option}: expected comma-separated integers like 5,10,20 (got {text!r})") from None
+        raise UserError(f"{option}: expected comma-separated integers like {example} (got {text!r})") from None
     if not values:
-        raise UserError(f"{option}: expected comma-separated integers like 5,10,20 (got {text!r})")
+        raise UserError(f"{option}: expected comma-separated integers like {example} (got {text!r})")
     return values
 
 
@@ -85,7 +85,7 @@ def config_data(o: dict) -> dict:
         "plugins": list(o["plugin"]) or None,
         "task": _given({"family": o["task"], "queries": o["queries"], "options": options}),
         "variants": [_given({"name": o["variant"], "preset": o["variant"], "switches": pairs(o["switch"], "--switch"),
-                             "train_shots_range": (int_list(o["train_shots_range"], "--train-shots-range")
+                             "train_shots_range": (int_list(o["train_shots_range"], "--train-shots-range", "5,20")
                                                    if o["train_shots_range"] else None)})],
         "train_shots": [o["train_shots"]] if o["train_shots"] is not None else None,
         "budget": budget,

@@ -78,7 +78,7 @@ def run_tune_cell(run: Run, cell: Cell) -> None:
                                 {"trial": tune_trial_base(spec, cell).to_dict(), "meta": meta}, tune_config, bundled)
 
     console.print(f"[bold]{name}[/]: Optuna over {', '.join(space)} ({total} trials"
-                  + (f" in {n_trials} bundles of up to {size}" if bundled else "") + ", meta-validation tasks)")
+                  + (f" in {plural(n_trials, 'bundle')} of up to {size}" if bundled else "") + ", meta-validation tasks)")
     if bundled and spec.scheduler.type == "asha":
         rungs_for(run, cell, create=True)
     with running_study(run.exp_uri, label), tuners.located(run.exp_uri, label):
@@ -87,6 +87,10 @@ def run_tune_cell(run: Run, cell: Cell) -> None:
     fail_if_all_errored(run.exp_uri, "tune", [cell], name)
     run.manifest["cells"][name] = "done"
     run.manifest.setdefault("inputs", {})[name] = inputs
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 def rungs_for(run: Run, cell: Cell, create: bool = False) -> str | None:
@@ -151,7 +155,7 @@ def run_fixed_stage(run: Run, stage: str, configs: list[tuple[Cell, TrialConfig]
                                 tune.TuneConfig(search_alg=generator, reuse_actors=not bundled), bundled)
 
     n = sum(len(by_cell[c]) for c in todo)
-    console.print(f"[bold]{name}[/]: {n} trials" + (f" in {len(points)} bundles" if bundled else ""))
+    console.print(f"[bold]{name}[/]: {n} trials" + (f" in {plural(len(points), 'bundle')}" if bundled else ""))
     with tuners.located(run.exp_uri, label):
         trials = fit(tuner_for(run, name, make, stage, todo, bundled), len(points), name)
     settle(run, stage, trials, set(todo))

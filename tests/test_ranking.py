@@ -608,6 +608,32 @@ def test_a_learner_without_inner_loop_is_ranked_at_every_inner_step_count(tmp_pa
                                                                                            "protonet": "-"}
 
 
+def test_learners_without_inner_loop_rank_among_themselves_at_0_steps_when_no_gradient_row_is_there(tmp_path):
+    """`--inner-steps 0` where the gradient learners were evaluated only after adaptation (eval
+    inner_steps [1, 10], the shipped specs): the learners without an inner loop are ranked against each
+    other (e.g. --baseline cnp) and the gradient rows are named in a note, not an error."""
+    root = str(tmp_path / "bb")
+    rng = np.random.default_rng(5)
+    task = rng.gamma(2.0, 1.0, 40)
+    values = {}
+    for seed in (0, 1):
+        write_trial(root, built_row(f"maml-{seed}", "maml", seed), curve_cols(),
+                    eval_cols({(5, st): task / (1 + st) for st in (1, 10)}))
+        for v, scale in (("cnp", 0.5), ("snail", 0.7)):
+            values[(v, seed)] = task * scale + 0.05 * rng.standard_normal(40)
+            write_trial(root, built_row(f"{v}-{seed}", v, seed, hparams={"beta": 0.001, "meta_batch": 25},
+                                        learner_kind="blackbox", inner_loop=False), curve_cols(),
+                        eval_cols({(5, 0): values[(v, seed)]}))
+    r = compute_ranking(root, inner_steps=0, baseline="cnp")
+    assert r.inner_steps == 0 and set(r.cells) == {("cnp", (10, 5)), ("snail", (10, 5))}
+    want = (values[("snail", 0)] + values[("snail", 1)]) / 2
+    assert r.cells[("snail", (10, 5))].mean == pytest.approx(want.mean(), rel=1e-12)
+    assert [(p["variant"], p["baseline"]) for p in r.paired] == [("snail", "cnp")]
+    assert "maml: not evaluated at 0 inner steps (evaluated at 1, 10): not ranked here" in r.notes
+    with pytest.raises(ValueError, match=r"available: \[0, 1, 10\]"):
+        compute_ranking(root, inner_steps=2)
+
+
 # ------------------------------------------------------------------------------------------ untuned cells (case 2)
 
 
