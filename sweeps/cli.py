@@ -302,7 +302,9 @@ def query(
 
 @app.command()
 def reproduce(
-    experiment: str = typer.Argument(..., help="table1 | alpha | polynomial (MT-net sections 6.1-6.3)"),
+    experiment: str = typer.Argument(..., help="table1 | alpha | polynomial (MT-net sections 6.1-6.3) | "
+                                               "polynomial-authors (6.3 at the authors' script settings: alpha "
+                                               "1e-3, coefficients c_i / 2^i)"),
     scale: str = typer.Option("smoke", help="smoke (minutes) | full (the paper's budget)"),
     out_dir: Path = typer.Option(..., "--out", help="folder for report.md, figures and the results dataset"),
     address: str | None = typer.Option(None, help="Ray cluster address; default: embedded local Ray"),

@@ -22,7 +22,12 @@ import yaml
 from .errors import UserError
 
 SPECS = Path(__file__).parent / "specs"
-EXPERIMENTS = ("table1", "alpha", "polynomial")
+EXPERIMENTS = ("table1", "alpha", "polynomial", "polynomial-authors")
+# an experiment that is a shipped spec with other settings: (spec, {section: {field: value}})
+AS_SPEC = {"polynomial-authors": ("polynomial", {"task": {"options": {"order": 2, "coef_decay": 0.5}},
+                                                 "defaults": {"alpha": 0.001}})}
+# polynomial-authors: the authors' script's settings (yoonholee/MT-net: alpha 1e-3, coefficients c_i / 2^i,
+# x in [-2, 2]) beside the paper's stated ones (alpha 0.01, c_i ~ U[-1, 1])
 
 # MT-net paper Table 1: loss after one adaptation step, mean +- 95% CI, meta-trained 10-shot sine.
 PAPER_TABLE1 = {
@@ -45,7 +50,10 @@ def reproduction_spec(name: str, scale: str, seeds: list[int] | None, out: Path)
         raise UserError(f"experiment must be one of {', '.join(EXPERIMENTS)} (got {name!r})")
     if scale not in ("smoke", "full"):
         raise UserError(f"--scale: must be smoke or full (got {scale!r})")
-    data = yaml.safe_load((SPECS / f"{name}.yaml").read_text())
+    spec_name, changes = AS_SPEC.get(name, (name, {}))
+    data = yaml.safe_load((SPECS / f"{spec_name}.yaml").read_text())
+    for section, values in changes.items():
+        data[section] = _merged(data.get(section, {}), values)
     data["experiment"] = f"{name}-{scale}"
     data["storage"] = "results"  # beside the spec file, which is written into `out`
     data.pop("scheduler", None)
@@ -58,6 +66,13 @@ def reproduction_spec(name: str, scale: str, seeds: list[int] | None, out: Path)
         data["test"] = {"seeds": seeds or [0, 1, 2]}
         data["max_concurrent"] = os.cpu_count() or 2
     return data, yaml.safe_dump(data, sort_keys=False)
+
+
+def _merged(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merged(out.get(k, {}), v) if isinstance(v, dict) else v
+    return out
 
 
 def run(name: str, scale: str, out: Path, address: str | None, seeds: list[int] | None) -> Path:
@@ -215,8 +230,11 @@ def write_report(name: str, scale: str, exp_uri: str, out: Path, spec_text: str,
         figures = [("alpha", "10-shot loss vs inner step size alpha")]
     else:
         lines += ["## Fraction of weights updated by the task learner (MT-net, Fig. 4)", "",
-                  "Mean over all zeta of P(m = 1) = sigmoid(zeta), per layer and overall, at the end of "
-                  "meta-training; the paper reports a figure (fewer updated weights for lower orders).", "",
+                  "At the end of meta-training, per layer and overall: P(update) = sigmoid(zeta) (the authors' "
+                  "code updates a row with that probability), the paper's formula E[sigmoid(-zeta)] = 1 - "
+                  "P(update) over all logits, and the quantity the authors' code logs (sigmoid(-zeta) averaged "
+                  "per layer, then over layers); the paper reports a figure (fewer updated weights for lower "
+                  "orders).", "",
                   mask_fraction_table(exp_uri), "",
                   render(compute_ranking(exp_uri, inner_steps=1), "markdown"), ""]
         figures = [("mask-fraction", "Fraction of updated weights per layer vs polynomial order")]
@@ -271,6 +289,14 @@ def n_tasks(exp_uri: str) -> int:
 
 
 def mask_fraction_table(exp_uri: str) -> str:
+    """Markdown: MT-net's learned masks at the end of meta-training, per polynomial order (Fig. 4),
+    in both conventions found in the sources, with the seeds' range.
+
+    P(update) = sigmoid(zeta): the authors' code samples a row's mask as the first entry of a
+    softmax over [zeta, 0], so a row is updated with probability sigmoid(zeta) (our `mask_fraction`,
+    per layer and over all logits). The paper's formula E[e^-zeta / (e^-zeta + 1)] = E[sigmoid(-zeta)]
+    = 1 - P(update) over all logits; the authors' code logs sigmoid(-zeta) averaged per layer, then
+    over layers (unweighted by rows)."""
     from metasweep.analysis.store import read_dataset
 
     ds = read_dataset(exp_uri)
@@ -286,11 +312,16 @@ def mask_fraction_table(exp_uri: str) -> str:
     if not by_order:
         return "(no masked trial completed)"
     n_cells = max(len(r["mask_fraction_per_cell"] or []) for rs in by_order.values() for r in rs)
-    head = "| order | " + " | ".join(f"layer {i + 1}" for i in range(n_cells)) + " | overall | seeds |"
-    lines = [head, "|---|" + "---|" * (n_cells + 2)]
+    head = ("| order | " + " | ".join(f"layer {i + 1}" for i in range(n_cells))
+            + " | overall P(update) | seeds' range | paper's formula E[σ(−ζ)] | authors' log: layers' mean σ(−ζ) | seeds |")
+    lines = [head, "|---|" + "---|" * (n_cells + 5)]
     for order in sorted(by_order, key=lambda o: (o is None, o)):
         rs = by_order[order]
         per = [sum(r["mask_fraction_per_cell"][i] for r in rs) / len(rs) for i in range(n_cells)]
-        overall = sum(r["mask_fraction"] for r in rs) / len(rs)
-        lines.append(f"| {order} | " + " | ".join(f"{p:.3f}" for p in per) + f" | {overall:.3f} | {len(rs)} |")
+        overall = [r["mask_fraction"] for r in rs]
+        mean = sum(overall) / len(rs)
+        logged = sum(1 - p for p in per) / n_cells
+        lines.append(f"| {order} | " + " | ".join(f"{p:.3f}" for p in per)
+                     + f" | {mean:.3f} | {min(overall):.3f}–{max(overall):.3f} | {1 - mean:.3f} | {logged:.3f}"
+                     + f" | {len(rs)} |")
     return "\n".join(lines)

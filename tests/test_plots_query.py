@@ -352,3 +352,20 @@ def test_plot_series_of_a_tuned_stage_are_variants_per_train_shots(tmp_path):
                             "t-net (train 10-shot)"]
     legend = [t.get_text() for t in curves_figure.figure(ctx, "loss").axes[0].get_legend().get_texts()]
     assert legend == [f"{s}, 2 seed(s)" for s in ctx.series()]
+
+
+def test_the_reproduction_reports_fig4_in_both_conventions(poly_masks):
+    """P(update) = sigmoid(zeta) per layer and over all logits (with the seeds' range), the paper's
+    formula E[sigmoid(-zeta)] = 1 - P(update), and the authors' logged layers' mean of sigmoid(-zeta)."""
+    from metasweep.sweeps.reproduce import mask_fraction_table
+
+    root, expected = poly_masks
+    lines = mask_fraction_table(root).splitlines()
+    assert lines[0].startswith("| order | layer 1 | layer 2 | layer 3 | overall P(update) | seeds' range |")
+    for order in (0, 1, 2):
+        per_seed = expected[order]  # [seeds, layers]
+        per_layer, overall = per_seed.mean(axis=0), per_seed.mean(axis=1)  # the fixture's overall: layers' mean
+        want = ([f"{v:.3f}" for v in per_layer] + [f"{overall.mean():.3f}", f"{overall.min():.3f}–{overall.max():.3f}",
+                f"{1 - overall.mean():.3f}", f"{(1 - per_layer).mean():.3f}", "2"])
+        row = next(li for li in lines if li.startswith(f"| {order} |"))
+        assert row.strip("| ").split(" | ")[1:] == want

@@ -56,3 +56,19 @@ def test_report_table_parser_round_trips():
     assert parsed["maml"] == rows["maml"]
     assert parsed["mt-net-fo"][5]["paper"] is None
     assert render_table1(parsed) == md
+
+
+def test_the_authors_polynomial_settings_are_the_shipped_spec_with_their_alpha_and_coefficients(tmp_path):
+    import yaml
+
+    from metasweep.sweeps.reproduce import SPECS, reproduction_spec
+
+    paper, _ = reproduction_spec("polynomial", "full", [0], tmp_path)
+    authors, text = reproduction_spec("polynomial-authors", "full", [0], tmp_path)
+    assert yaml.safe_load(text) == authors
+    assert authors["task"]["options"]["coef_decay"] == 0.5 and paper["task"]["options"]["coef_decay"] == 1.0
+    assert (authors["defaults"]["alpha"], paper["defaults"]["alpha"]) == (0.001, 0.01)
+    shipped = yaml.safe_load((SPECS / "polynomial.yaml").read_text())
+    assert shipped["defaults"]["alpha"] == 0.01  # the shipped spec itself is untouched
+    for key in ("grid", "budget", "eval", "variants"):
+        assert authors[key] == paper[key]
