@@ -18,7 +18,7 @@ A switch the named network does not have is a ValueError naming the switches it 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -26,46 +26,13 @@ import torch
 from ..hparams import hparam_def
 from ..model import Params
 from .base import LearnerBase
+from .networks import NetworkTable, network_switches, onehot
 
-NETWORKS: dict[str, type] = {}  # network switch value -> class (filled by @metric_network)
-
-
-def metric_network(cls: type) -> type:
-    """Class decorator: register a metric learner class under its `network` name."""
-    NETWORKS[cls.network] = cls
-    return cls
-
-
-def network_switches(cls: type) -> tuple[str, ...]:
-    """The switches of one network class (its dataclass fields but the name)."""
-    return tuple(f.name for f in fields(cls) if f.name != "name")
-
-
-def metric_kind_switches(classes) -> tuple[str, ...]:
-    """Every switch a metric preset may set: `network`, then each network class's own, in order."""
-    out = ["network"]
-    for cls in classes:
-        out += [s for s in network_switches(cls) if s not in out]
-    return tuple(out)
-
-
-def make_metric_learner(name: str, network: str | None = None, **switches):
-    """The metric learner `network` with its switches; ValueError for an unknown network or a switch
-    it does not have (naming what is allowed)."""
-    if network not in NETWORKS:
-        raise ValueError(f"learner {name!r}: network must be one of {', '.join(sorted(NETWORKS))} (got {network!r})")
-    cls = NETWORKS[network]
-    allowed = network_switches(cls)
-    unknown = sorted(set(switches) - set(allowed))
-    if unknown:
-        raise ValueError(f"learner {name!r} ({network} network) has no switch {', '.join(unknown)}; "
-                         f"its switches: {', '.join(allowed) or 'none'}")
-    return cls(name, **switches)
-
-
-def class_onehot(labels: torch.Tensor, ways: int, dtype: torch.dtype) -> torch.Tensor:
-    """[..., N] int labels -> [..., N, ways] one-hot (a comparison, so it works under vmap)."""
-    return (labels.unsqueeze(-1) == torch.arange(ways, device=labels.device)).to(dtype)
+NETWORKS = NetworkTable("{} network")  # network switch value -> class (filled by @metric_network)
+metric_network = NETWORKS.register
+metric_kind_switches = NETWORKS.kind_switches
+make_metric_learner = NETWORKS.make
+class_onehot = onehot  # [..., N] int labels -> [..., N, ways] one-hot
 
 
 def check_int_switch(learner, switch: str, value, minimum: int, zero_means: str) -> None:

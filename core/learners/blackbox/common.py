@@ -23,7 +23,7 @@ every learner meets the same tensors (the family's shot-major order, its labels)
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -33,41 +33,13 @@ from ...hparams import hparam_def
 from ...model import Params
 from ...tasks import Batch
 from ..base import LearnerBase
+from ..networks import NetworkTable, network_switches, onehot
 
-NETWORKS: dict[str, type] = {}  # network switch value -> learner class (filled by @blackbox_network)
+NETWORKS = NetworkTable()  # network switch value -> learner class (filled by @blackbox_network)
+blackbox_network = NETWORKS.register
+kind_switches = NETWORKS.kind_switches
+make_blackbox_learner = NETWORKS.make
 LOSS_WORDS = {"mse": "regression", "cross_entropy": "classification"}
-
-
-def blackbox_network(cls: type) -> type:
-    """Class decorator: register a black-box learner class under its `network` name."""
-    NETWORKS[cls.network] = cls
-    return cls
-
-
-def network_switches(cls: type) -> tuple[str, ...]:
-    return tuple(f.name for f in fields(cls) if f.name != "name")
-
-
-def kind_switches(classes) -> tuple[str, ...]:
-    """Every switch a black-box preset may set: `network`, then each class's own, in order."""
-    out = ["network"]
-    for cls in classes:
-        out += [s for s in network_switches(cls) if s not in out]
-    return tuple(out)
-
-
-def make_blackbox_learner(name: str, network: str | None = None, **switches):
-    """The black-box learner `network` with its switches; ValueError for an unknown network or for a
-    switch it does not have (naming what is allowed)."""
-    if network not in NETWORKS:
-        raise ValueError(f"learner {name!r}: network must be one of {', '.join(NETWORKS)} (got {network!r})")
-    cls = NETWORKS[network]
-    allowed = network_switches(cls)
-    unknown = sorted(set(switches) - set(allowed))
-    if unknown:
-        raise ValueError(f"learner {name!r} ({network}) has no switch {', '.join(unknown)}; its switches: "
-                         f"{', '.join(allowed) or 'none'}")
-    return cls(name, **switches)
 
 
 def check_choice(learner, switch: str, allowed: tuple) -> None:
@@ -84,7 +56,7 @@ def label_dim(family) -> int:
 def label_features(y: torch.Tensor, family, dtype: torch.dtype) -> torch.Tensor:
     """Labels as network inputs: one-hot [..., N, ways] (classification) or (y, 1) [..., N, 2]."""
     if family.loss == "cross_entropy":
-        return (y.unsqueeze(-1) == torch.arange(family.output_dim, device=y.device)).to(dtype)
+        return onehot(y, family.output_dim, dtype)
     return torch.cat([y.to(dtype), torch.ones_like(y, dtype=dtype)], dim=-1)
 
 
