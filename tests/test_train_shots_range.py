@@ -2,11 +2,13 @@
 generator (reproducible, covering the range, one K per meta-batch), None keeps today's draws bit for bit,
 every learner's training batches honour it, and what cannot use it says so."""
 
+import dataclasses
+
 import pytest
 import torch
 
 from metasweep.core import HParams, registry
-from metasweep.core.bundle import check_bundle
+from metasweep.core.bundle import auto_mode, check_bundle
 from metasweep.core.meta import graphs_apply
 from metasweep.core.setup import Setup, draw_train_shots
 from metasweep.core.state import init_state
@@ -74,6 +76,9 @@ def test_bad_ranges_are_clear_errors(bad):
 def test_bundles_of_ranged_members_only_in_loop_mode():
     s = Setup(Sine(), registry.make_learner("cnp"), HParams(meta_batch=4), train_shots_range=(2, 4))
     check_bundle([s, s], "loop")
+    maml = Setup(Sine(), registry.make_learner("maml"), HParams(meta_batch=4))
+    assert (auto_mode(s), auto_mode(maml), auto_mode(dataclasses.replace(maml, train_shots_range=(2, 4)))) == (
+        "loop", "fold", "loop")
     with pytest.raises(ValueError, match="bundle them with mode loop"):
         check_bundle([s, s], "vmap")
 
