@@ -45,12 +45,16 @@ def members_of_result(result: dict) -> dict:
 
 
 class BundleSearch(Searcher):
-    """space: {name: (low, high, log)}; `size` members per bundle; `total` Optuna trials in all."""
+    """space: {name: optuna distribution} (sweeps.study.distributions); `sampler`: the study's sampler
+    (sweeps.study.make_sampler; TPE with the constant liar by default); `size` members per bundle;
+    `total` Optuna trials in all."""
 
     def __init__(self, space: dict, size: int, total: int, *, study_name: str, sampler_seed: int, stage: str,
-                 cell: str, storage_url: str | None = None, metric: str = "val_loss", mode: str = "min"):
+                 cell: str, storage_url: str | None = None, metric: str = "val_loss", mode: str = "min",
+                 sampler=None):
         super().__init__(metric=metric, mode=mode)
         self.space, self.size, self.total = dict(space), int(size), int(total)
+        self.sampler = sampler
         self.study_name, self.storage_url, self.sampler_seed = study_name, storage_url, sampler_seed
         self.label = study_name  # its name in optuna.db, and what the driver registers it under
         self.stage, self.cell = stage, cell
@@ -87,7 +91,8 @@ class BundleSearch(Searcher):
             import optuna
 
             optuna.logging.set_verbosity(optuna.logging.WARNING)
-            sampler = optuna.samplers.TPESampler(seed=self.sampler_seed, constant_liar=True)
+            sampler = self.__dict__.get("sampler") or optuna.samplers.TPESampler(seed=self.sampler_seed,
+                                                                                  constant_liar=True)
             self._study = optuna.create_study(study_name=self.study_name, storage=self.storage_url, sampler=sampler,
                                               direction="minimize", load_if_exists=True)
         return self._study
@@ -95,7 +100,8 @@ class BundleSearch(Searcher):
     def distributions(self) -> dict:
         from optuna.distributions import FloatDistribution
 
-        return {k: FloatDistribution(low, high, log=log) for k, (low, high, log) in self.space.items()}
+        # (low, high, log) tuples: a searcher saved before lists of values existed
+        return {k: FloatDistribution(d[0], d[1], log=d[2]) if isinstance(d, tuple) else d for k, d in self.space.items()}
 
     def suggest(self, trial_id: str):
         if self.asked >= self.total:

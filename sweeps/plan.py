@@ -8,11 +8,12 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 from dataclasses import dataclass
 
 from metasweep.core.hparams import COMMON, hparam_def
 
-from .config import RunSpec
+from .config import RunSpec, check_hparam
 from .spec import Range, Spec
 from .trial import TrialConfig
 
@@ -76,8 +77,27 @@ def search_space(spec: Spec, variant: str) -> dict[str, Range]:
         if rng is None:
             low, high, log = hparam_def(name).search
             rng = Range(low=low, high=high, log=log)
+        elif rng.grid:
+            rng = Range(choices=[check_hparam(name, x) for x in rng.choices])  # typed by the domain
         space[name] = rng
     return space
+
+
+def grid_size(space: dict[str, Range]) -> int | None:
+    """The number of combinations when every entry of `space` is a list of values, else None."""
+    if not space or not all(r.grid for r in space.values()):
+        return None
+    return math.prod(len(r.choices) for r in space.values())
+
+
+def tune_trials(spec: Spec, variant: str) -> int:
+    """Optuna trials of a variant's tune cell: its grid's size, or `search.trials_per_variant`."""
+    return grid_size(search_space(spec, variant)) or spec.search.trials_per_variant
+
+
+def space_inputs(space: dict[str, Range]) -> dict:
+    """A search space as plain data (what a tune cell's inputs hash records)."""
+    return {k: ({"choices": r.choices} if r.grid else [r.low, r.high, r.log]) for k, r in space.items()}
 
 
 def tune_trial_base(spec: Spec, cell: Cell) -> TrialConfig:
@@ -153,6 +173,6 @@ def inputs_hash(configs) -> str:
 
 
 def tune_inputs(spec: Spec, cell: Cell) -> str:
-    space = {k: [r.low, r.high, r.log] for k, r in search_space(spec, cell.variant).items()}
-    return inputs_hash([tune_trial_base(spec, cell), {"space": space, "trials": spec.search.trials_per_variant,
+    space = space_inputs(search_space(spec, cell.variant))
+    return inputs_hash([tune_trial_base(spec, cell), {"space": space, "trials": tune_trials(spec, cell.variant),
                                                       "sampler_seed": spec.search.sampler_seed}])

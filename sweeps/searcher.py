@@ -102,14 +102,21 @@ class ResumableOptunaSearch(OptunaSearch):
 
 class DefineByRun:
     """Optuna's define-by-run search space (a module-level class: Tune pickles the searcher):
-    {name: (low, high, log, integer)}."""
+    {name: optuna distribution} (sweeps.study.distributions)."""
 
-    def __init__(self, space: dict[str, tuple[float, float, bool, bool]]):
+    def __init__(self, space: dict):
         self.space = space
 
     def __call__(self, trial):
-        for key, (low, high, log, integer) in self.space.items():
-            if integer:
-                trial.suggest_int(key, round(low), round(high), log=log)
-            else:
-                trial.suggest_float(key, low, high, log=log)
+        for key, dist in self.space.items():
+            _suggest(trial, key, dist)
+
+
+def _suggest(trial, key: str, dist):
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    if isinstance(dist, CategoricalDistribution):
+        return trial.suggest_categorical(key, list(dist.choices))
+    if isinstance(dist, IntDistribution):
+        return trial.suggest_int(key, dist.low, dist.high, log=dist.log)
+    return trial.suggest_float(key, dist.low, dist.high, log=dist.log)

@@ -27,15 +27,26 @@ from .errors import UserError
 
 
 class Range(Strict):
-    """A search range [low, high], on a log scale unless `log: false`."""
+    """A search domain: the range [low, high], on a log scale unless `log: false`; or `choices`, a list
+    of values (a YAML list in a spec, `alpha: [0.01, 0.04, 0.1]`; one value fixes the hyper-parameter).
+    A variant whose every searched hyper-parameter is a list is tuned on the grid of their
+    combinations (Optuna's GridSampler, each once); lists beside ranges are categorical for TPE."""
 
     log: bool = True
-    low: float
-    high: float
+    low: float | None = None
+    high: float | None = None
+    choices: list[float | int | str] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _listed(cls, data):
+        return {"choices": data} if isinstance(data, list) else data
 
     @field_validator("low")
     @classmethod
     def _low(cls, v, info):
+        if v is None:
+            return v
         if not math.isfinite(v):
             raise ValueError("must be a finite number")
         if info.data.get("log", True) and v <= 0:
@@ -45,6 +56,8 @@ class Range(Strict):
     @field_validator("high")
     @classmethod
     def _high(cls, v, info):
+        if v is None:
+            return v
         if not math.isfinite(v):
             raise ValueError("must be a finite number")
         low = info.data.get("low")
@@ -52,11 +65,28 @@ class Range(Strict):
             raise ValueError(f"must be > low ({low})")
         return v
 
+    @model_validator(mode="after")
+    def _one_kind(self):
+        if self.choices is not None:
+            if self.low is not None or self.high is not None:
+                raise ValueError("give either low and high, or a list of values (choices), not both")
+            if not self.choices:
+                raise ValueError("list at least one value")
+        elif self.low is None or self.high is None:
+            raise ValueError("give low and high (a range), or a list of values")
+        return self
+
+    @property
+    def grid(self) -> bool:
+        return self.choices is not None
+
 
 class SearchSpec(BaseModel):
     """The tune stage: Optuna trials per (variant, train shots) cell, and ranges by hyper-parameter
-    name (`alpha: {low, high, log}`, a learner's own such as `nn_scale`), replacing the declared
-    default ranges; `overrides` replace ranges per variant."""
+    name (`alpha: {low, high, log}`, a learner's own such as `nn_scale`) or lists of values
+    (`alpha: [0.01, 0.04, 0.1]`), replacing the declared default ranges; `overrides` replace them per
+    variant. A variant whose every searched hyper-parameter is a list is tuned on the whole grid
+    (`trials_per_variant` is then the grid's size; giving another number is an error)."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
     __pydantic_extra__: dict[str, Range] = Field(init=False)
@@ -210,6 +240,16 @@ def check_search(spec: Spec) -> None:
                 raise ConfigError(("search", "overrides", variant, name),
                                   f"{variant} does not search {name}; it searches: {', '.join(searched[variant])}")
             _check_range(("search", "overrides", variant, name), name, r)
+    if spec.mode == "tune+test" and "trials_per_variant" in spec.search.model_fields_set:
+        from .plan import grid_size, search_space
+
+        for variant in names:
+            n = grid_size(search_space(spec, variant))
+            if n is not None and n != spec.search.trials_per_variant:
+                raise ConfigError(("search", "trials_per_variant"),
+                                  f"{variant}'s search is a grid of {n} combinations (every hyper-parameter it searches "
+                                  f"is a list), which runs each once: leave trials_per_variant out, or set it to {n}",
+                                  spec.search.trials_per_variant)
     if spec.mode == "tune+test":
         for variant, hps in searched.items():
             for name in hps:
@@ -220,10 +260,22 @@ def check_search(spec: Spec) -> None:
 
 
 def _check_range(loc: tuple, name: str, r: Range) -> None:
-    try:
-        hparam_def(name).check_range(r.low, r.high)
-    except ValueError as e:
-        raise ConfigError(loc, str(e)) from None
+    """A range inside the hyper-parameter's domain; a list of values each in it, none twice."""
+    if not r.grid:
+        try:
+            hparam_def(name).check_range(r.low, r.high)
+        except ValueError as e:
+            raise ConfigError(loc, str(e)) from None
+        return
+    values = []
+    for x in r.choices:
+        try:
+            values.append(check_hparam(name, x))
+        except ValueError as e:
+            raise ConfigError(loc, str(e), x) from None
+    twice = sorted({x for x in values if values.count(x) > 1}, key=str)
+    if twice:
+        raise ConfigError(loc, f"lists a value twice: {', '.join(map(str, twice))}")
 
 
 def check_grid(spec: Spec) -> None:

@@ -16,7 +16,17 @@ from . import tuner as tuners
 from .bundle_trial import bundle_groups
 from .console import make_console
 from .errors import UserError
-from .plan import Cell, bundle_size, fixed_trial_id, inputs_hash, search_space, tune_inputs, tune_trial_base
+from .plan import (
+    Cell,
+    bundle_size,
+    fixed_trial_id,
+    grid_size,
+    inputs_hash,
+    search_space,
+    tune_inputs,
+    tune_trial_base,
+    tune_trials,
+)
 from .session import fit, tune_error
 from .spec import Spec
 from .study import make_searcher, running_study
@@ -60,7 +70,7 @@ def run_tune_cell(run: Run, cell: Cell) -> None:
         return
     space = search_space(spec, cell.variant)
     label = f"{spec.experiment}.{cell.name}"
-    size, total = bundle_size(spec, cell), spec.search.trials_per_variant
+    size, total = bundle_size(spec, cell), tune_trials(spec, cell.variant)
     bundled = size > 1
     n_trials = math.ceil(total / size)
 
@@ -77,7 +87,10 @@ def run_tune_cell(run: Run, cell: Cell) -> None:
         return tuners.new_tuner(spec, run.exp_uri, name,
                                 {"trial": tune_trial_base(spec, cell).to_dict(), "meta": meta}, tune_config, bundled)
 
-    console.print(f"[bold]{name}[/]: Optuna over {', '.join(space)} ({total} trials"
+    grid = grid_size(space)
+    what = (f"the grid of {', '.join(f'{k} {list(r.choices)}' for k, r in space.items())}" if grid else
+            ', '.join(f"{k} {list(r.choices)}" if r.grid else k for k, r in space.items()))
+    console.print(f"[bold]{name}[/]: Optuna over {what} ({total} trials"
                   + (f" in {plural(n_trials, 'bundle')} of up to {size}" if bundled else "") + ", meta-validation tasks)")
     if bundled and spec.scheduler.type == "asha":
         rungs_for(run, cell, create=True)
@@ -114,9 +127,10 @@ def make_bundle_searcher(space: dict, size: int, total: int, sampler_seed: int, 
     """The tune stage's searcher in bundles (sweeps.bundle_search), at most `max_concurrent` bundles at once."""
     from .bundle_search import BundleSearch
     from .searcher import RelocatableSearch
+    from .study import distributions, make_sampler
 
-    searcher = BundleSearch({k: (r.low, r.high, r.log) for k, r in space.items()}, size, total, study_name=label,
-                            sampler_seed=sampler_seed, stage="tune", cell=cell)
+    searcher = BundleSearch(distributions(space), size, total, study_name=label, sampler_seed=sampler_seed,
+                            stage="tune", cell=cell, sampler=make_sampler(space, sampler_seed, constant_liar=True))
     return RelocatableSearch(searcher, max_concurrent)
 
 

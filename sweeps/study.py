@@ -17,14 +17,37 @@ from .searcher import EXPORTERS, DefineByRun, RelocatableSearch, ResumableOptuna
 DB = "optuna.db"
 
 
-def make_searcher(space: dict, sampler_seed: int, label: str, max_concurrent: int) -> RelocatableSearch:
-    """A TPE search over `space` ({name: Range}), its study in memory, labelled `label`, at most
-    `max_concurrent` trials at once."""
+def distributions(space: dict) -> dict:
+    """Optuna's distributions for a search space ({name: sweeps.spec.Range}): a list of values is
+    categorical, a range is float (int for an integer hyper-parameter), log-scaled as it says."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    out = {}
+    for k, r in space.items():
+        if r.grid:
+            out[k] = CategoricalDistribution(r.choices)
+        elif hparam_def(k).kind == "int":
+            out[k] = IntDistribution(round(r.low), round(r.high), log=r.log)
+        else:
+            out[k] = FloatDistribution(r.low, r.high, log=r.log)
+    return out
+
+
+def make_sampler(space: dict, sampler_seed: int, constant_liar: bool = False):
+    """The tune stage's sampler: a grid (every searched hyper-parameter a list of values) is Optuna's
+    GridSampler, each combination once, in trial order; otherwise TPE, seeded."""
     import optuna
 
-    define_by_run = DefineByRun({k: (r.low, r.high, r.log, hparam_def(k).kind == "int") for k, r in space.items()})
-    searcher = ResumableOptunaSearch(space=define_by_run, metric="val_loss", mode="min", label=label,
-                                     sampler=optuna.samplers.TPESampler(seed=sampler_seed))
+    if space and all(r.grid for r in space.values()):
+        return optuna.samplers.GridSampler({k: list(r.choices) for k, r in space.items()}, seed=sampler_seed)
+    return optuna.samplers.TPESampler(seed=sampler_seed, constant_liar=constant_liar)
+
+
+def make_searcher(space: dict, sampler_seed: int, label: str, max_concurrent: int) -> RelocatableSearch:
+    """An Optuna search over `space` ({name: Range}; `make_sampler`), its study in memory, labelled
+    `label`, at most `max_concurrent` trials at once."""
+    searcher = ResumableOptunaSearch(space=DefineByRun(distributions(space)), metric="val_loss", mode="min",
+                                     label=label, sampler=make_sampler(space, sampler_seed))
     return RelocatableSearch(searcher, max_concurrent)
 
 

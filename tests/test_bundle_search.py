@@ -83,3 +83,36 @@ def test_rungs_agree_with_ray_tunes_asha_cutoff(eta):
     ray_cut = -bracket.cutoff(rewards)
     ours = float(np.nanpercentile(losses, 100.0 / eta))
     assert ours == pytest.approx(ray_cut)
+
+
+def test_a_grid_is_asked_once_per_combination_across_bundles():
+    from metasweep.sweeps.spec import Range
+    from metasweep.sweeps.study import distributions, make_sampler
+
+    space = {"alpha": Range(choices=[0.01, 0.04, 0.1]), "beta": Range(choices=[1e-3, 1e-2])}
+    s = BundleSearch(distributions(space), 4, 6, study_name="e.c", sampler_seed=0, stage="tune", cell="c",
+                     sampler=make_sampler(space, 0, constant_liar=True))
+    asked = [s.suggest("t1"), s.suggest("t2")]
+    assert s.suggest("t3") == BundleSearch.FINISHED
+    points = [(h["alpha"], h["beta"]) for x in asked for h in x["hps"]]
+    assert sorted(points) == sorted((a, b) for a in (0.01, 0.04, 0.1) for b in (1e-3, 1e-2))
+    again = pickle.loads(pickle.dumps(s))  # Tune saves the searcher: the grid's sampler travels with it
+    assert isinstance(again.study.sampler, optuna.samplers.GridSampler)
+
+
+def test_one_trial_per_process_runs_the_grid_and_lists_beside_ranges_are_categorical():
+    """The unbundled searcher's define-by-run space (sweeps.searcher.DefineByRun) on a real study."""
+    from metasweep.sweeps.searcher import DefineByRun
+    from metasweep.sweeps.spec import Range
+    from metasweep.sweeps.study import distributions, make_sampler
+
+    grid = {"alpha": Range(choices=[0.01, 0.1]), "beta": Range(choices=[1e-3])}
+    study = optuna.create_study(sampler=make_sampler(grid, 0))
+    study.optimize(lambda t: (DefineByRun(distributions(grid))(t), t.params["alpha"])[1], n_trials=2)
+    assert sorted(t.params["alpha"] for t in study.trials) == [0.01, 0.1]
+    mixed = {"alpha": Range(choices=[0.01, 0.1]), "beta": Range(low=1e-4, high=1e-2)}
+    study = optuna.create_study(sampler=make_sampler(mixed, 0))
+    assert isinstance(study.sampler, optuna.samplers.TPESampler)
+    study.optimize(lambda t: (DefineByRun(distributions(mixed))(t), 0.0)[1], n_trials=6)
+    assert {t.params["alpha"] for t in study.trials} <= {0.01, 0.1}
+    assert all(1e-4 <= t.params["beta"] <= 1e-2 for t in study.trials)

@@ -26,6 +26,17 @@ MALFORMED = [
     ("experiment: x\nvariants: [{name: a, preset: maml, switches: {colour: red}}]\n", "unknown switch(es) colour"),
     (OK + "search:\n  alpha: {low: -0.01, high: 1}\n", "field search.alpha.low: must be > 0"),
     (OK + "search:\n  beta: {low: 0.1, high: 0.01}\n", "field search.beta.high: must be > low (0.1)"),
+    # lists of values: each in the domain, once; not beside low/high; a grid runs each combination once
+    (OK + "search:\n  alpha: [0.01, -1]\n", "field search.alpha: must be a positive finite number (got -1)"),
+    (OK + "search:\n  alpha: [0.01, 0.01]\n", "field search.alpha: lists a value twice: 0.01"),
+    (OK + "search:\n  alpha: []\n", "field search.alpha: list at least one value"),
+    (OK + "search:\n  alpha: {low: 0.01, high: 0.1, choices: [0.01]}\n",
+     "field search.alpha: give either low and high, or a list of values (choices), not both"),
+    (OK + "search:\n  alpha: {low: 0.01}\n", "field search.alpha: give low and high (a range), or a list of values"),
+    (OK + "search: {overrides: {maml: {beta: [0.001, zero]}}}\n", "field search.overrides.maml.beta: "),
+    (OK + "search: {trials_per_variant: 4, alpha: [0.01, 0.1], beta: [0.001]}\n",
+     "field search.trials_per_variant: maml's search is a grid of 2 combinations (every hyper-parameter it searches "
+     "is a list), which runs each once: leave trials_per_variant out, or set it to 2 (got 4)"),
     (OK + "search: {trials_per_variant: 0}\n", "field search.trials_per_variant: Input should be greater than or equal to 1"),
     (OK + "search: {overrides: {t-net: {alpha: {low: 0.1, high: 1}}}}\n",
      "search.overrides names variants not in the spec: t-net"),

@@ -159,3 +159,38 @@ storage: res
     curves = {v: [c["meta_step"] for c in ds["curves"].to_pylist() if c["trial_id"] == t["trial_id"]]
               for v, t in rows.items()}
     assert curves == {"maml": [10, 20], "cnp": [15, 30]}
+
+
+def test_lists_of_values_make_the_tune_stage_a_grid_chosen_on_validation_tasks(tmp_path):
+    """`alpha: [..]` with every other searched hyper-parameter fixed by a one-value list: each variant's
+    tune stage tries every combination once (Optuna's GridSampler, bundled by default) and the test
+    stage retrains the one with the lowest validation loss; beside a range, a list is categorical."""
+    spec = tmp_path / "grid.yaml"
+    spec.write_text("""
+experiment: alphagrid
+variants: [maml, mt-net]
+budget: {meta_steps: 20, report_every: 10, meta_batch: 5}
+eval: {shots: [5], inner_steps: [1], tasks: 10, val_tasks: 10}
+search:
+  alpha: [0.01, 0.04, 0.1]
+  beta: [0.001]
+  overrides: {mt-net: {temperature: {low: 0.5, high: 2.0}}}
+  trials_per_variant: 3
+test: {seeds: [0]}
+storage: res
+""")
+    r = metasweep("sweep", str(spec), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = r.stdout + r.stderr
+    assert "tune-maml-k10: Optuna over the grid of alpha [0.01, 0.04, 0.1], beta [0.001] (3 trials" in out
+    assert "tune-mt-net-k10: Optuna over alpha [0.01, 0.04, 0.1], beta [0.001], temperature (3 trials" in out
+    trials = read_dataset(str(tmp_path / "res" / "alphagrid"))["trials"].to_pylist()
+    tune = {v: [t for t in trials if t["stage"] == "tune" and t["variant"] == v] for v in ("maml", "mt-net")}
+    assert sorted(t["alpha"] for t in tune["maml"]) == [0.01, 0.04, 0.1]  # every grid point exactly once
+    assert {t["alpha"] for t in tune["mt-net"]} <= {0.01, 0.04, 0.1} and len(tune["mt-net"]) == 3
+    assert {t["beta"] for v in tune for t in tune[v]} == {0.001}
+    assert all(0.5 <= t["temperature"] <= 2.0 for t in tune["mt-net"])
+    for v, rows in tune.items():
+        best = min(rows, key=lambda t: t["final_val_loss"])
+        (test,) = [t for t in trials if t["stage"] == "test" and t["variant"] == v]
+        assert (test["alpha"], test["hp_source_trial"]) == (best["alpha"], best["trial_id"])
