@@ -264,6 +264,32 @@ def rank(
 
 
 @app.command()
+def report(
+    experiment: str = typer.Argument(..., help="experiment path"),
+    output: Path | None = typer.Option(None, "-o", "--output", help="write the report to this .md file"),
+    metric: str = typer.Option("loss", help="loss | accuracy | return (reinforcement learning; higher is better)"),
+    stage: str | None = typer.Option(None, help="test | tune | grid | single (default: test if present)"),
+    baseline: str = typer.Option("maml", help="variant the paired tests compare against"),
+    command: str | None = typer.Option(None, help="the command that ran the experiment, quoted in the report"),
+):
+    """The experiment's report (Markdown): trials, wall time and code versions, the ranking with paired
+    tests at every evaluated number of inner steps, each seed's value, and the spec as run."""
+    from metasweep.analysis.report import experiment_report
+
+    metric_error(metric)
+    if output is not None and output.suffix.lower() != ".md":
+        fail(f"-o {output}: the report is Markdown; use a .md file name")
+    with dataset_errors():
+        text = experiment_report(experiment, metric=metric, stage=stage, baseline=baseline, command=command)
+    if output is None:
+        sys.stdout.write(text)
+        return
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text)
+    console.print(f"wrote {output}")
+
+
+@app.command()
 def plot(
     experiment: str = typer.Argument(..., help="experiment path"),
     kind: str = typer.Option("curves", help="curves | alpha | mask-fraction | ranks | cka"),

@@ -197,6 +197,7 @@ def write_report(name: str, scale: str, exp_uri: str, out: Path, spec_text: str,
     from metasweep.analysis.plots import make_plot
     from metasweep.analysis.ranking import compute_ranking
     from metasweep.analysis.render import render
+    from metasweep.analysis.report import per_seed_table
 
     env = environment()
     lines = [f"# Reproduction: MT-net paper, {name} ({scale} scale)", ""]
@@ -240,7 +241,7 @@ def write_report(name: str, scale: str, exp_uri: str, out: Path, spec_text: str,
         figures = [("mask-fraction", "Fraction of updated weights per layer vs polynomial order")]
     lines += ["## Per seed (1 inner step)", "",
               "Each seed's mean loss over the shared meta-test tasks (the tables above pool these; a seed "
-              "is one meta-training run).", "", per_seed_table(exp_uri, 1), ""]
+              "is one meta-training run).", "", per_seed_table(exp_uri, inner_steps=1), ""]
     for kind, title in figures:
         png = out / f"{name}-{kind}.png"
         try:
@@ -252,33 +253,6 @@ def write_report(name: str, scale: str, exp_uri: str, out: Path, spec_text: str,
     report = out / "report.md"
     report.write_text("\n".join(lines))
     return report
-
-
-def per_seed_table(exp_uri: str, inner_steps: int = 1) -> str:
-    """Markdown: each row's mean loss over the shared tasks, per seed and evaluated shot count (the
-    values the ranking pools), with the spread across seeds (max - min)."""
-    from metasweep.analysis.evaldata import load_matrices, stage_trials
-
-    m = load_matrices(exp_uri, inner_steps=inner_steps)
-    _, trials = stage_trials(exp_uri, m.stage)
-    seeds: dict = {}
-    for t in trials:
-        if t["status"] == "completed":
-            seeds.setdefault((t["label"], t["train_shots"]), set()).add(t["seed"])
-    columns = sorted({s for v in seeds.values() for s in v})
-    lines = ["| row | shots | " + " | ".join(f"seed {s}" for s in columns) + " | spread |",
-             "|---|---|" + "---|" * (len(columns) + 1)]
-    for row in m.rows:
-        for train, shots in m.settings:
-            mat = m.values.get((row, (train, shots)))
-            mine = sorted(seeds.get((row, train), ()))
-            if mat is None or len(mine) != mat.shape[0]:
-                continue
-            per_seed = dict(zip(mine, mat.mean(axis=1).tolist()))
-            cells = [f"{per_seed[s]:.3f}" if s in per_seed else "-" for s in columns]
-            spread = max(per_seed.values()) - min(per_seed.values())
-            lines.append(f"| {row} | {shots} | " + " | ".join(cells) + f" | {spread:.3f} |")
-    return "\n".join(lines) + "\n"
 
 
 def n_tasks(exp_uri: str) -> int:

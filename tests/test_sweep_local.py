@@ -51,6 +51,30 @@ def test_quickstart_shaped_sweep_writes_every_row_and_prints_a_ranking(tmp_path)
     assert (exp / "optuna.db").exists() and (exp / "spec.yaml").exists()
     st = metasweep("status", str(exp), cwd=tmp_path)
     assert st.returncode == 0 and "stages done: test, tune-maml-k10, tune-mt-net-k10, tune-t-net-k10" in st.stdout
+    # the report: provenance, a ranking per evaluated inner-step count, per-seed values from the rows
+    rep = metasweep("report", str(exp), "-o", str(tmp_path / "rep" / "report.md"), "--command", "metasweep sweep tiny",
+                    cwd=tmp_path)
+    assert rep.returncode == 0, rep.stderr[-3000:]
+    text = (tmp_path / "rep" / "report.md").read_text()
+    assert text.startswith("# tiny\n") and "Command: `metasweep sweep tiny`" in text
+    assert "Trials: test 6 completed; tune 6 completed" in text and "Wall time: " in text
+    assert "## Ranking and paired tests (1 inner step)" in text and "## Ranking and paired tests (5 inner steps)" in text
+    assert "```yaml" in text and "experiment: tiny" in text
+    section = text.split("## Per seed (1 inner step)")[1].split("##")[0]
+    ev = ds["eval_tasks"].to_pylist()
+    by_id = {t["trial_id"]: t for t in trials.to_pylist()}
+    for v in ("maml", "mt-net"):
+        want = []
+        for seed in (0, 1):
+            losses = [e["loss"] for e in ev if e["inner_steps"] == 1 and e["shots"] == 5 and e["split"] == "test"
+                      and by_id[e["trial_id"]]["variant"] == v and by_id[e["trial_id"]]["seed"] == seed]
+            want.append(round(sum(losses) / len(losses), 3))
+        line = next(li for li in section.splitlines() if li.startswith(f"| {v} | 5 |"))
+        assert [float(x) for x in line.strip("| ").split(" | ")[2:4]] == want
+    bad = metasweep("report", str(exp), "-o", str(tmp_path / "report.txt"), cwd=tmp_path)
+    assert bad.returncode == 2 and "use a .md file name" in bad.stderr and "Traceback" not in bad.stderr
+    missing = metasweep("report", str(tmp_path / "nothing"), cwd=tmp_path)
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
 
 
 def test_diverging_configuration_is_a_result_and_the_others_complete(tmp_path):
