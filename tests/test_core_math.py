@@ -144,6 +144,26 @@ def test_mask_is_straight_through_gradient_reaches_zeta():
     torch.testing.assert_close(zeta.grad, torch.tensor([2.0, 3.0]) * soft * (1 - soft) / 0.7)
 
 
+def test_mask_equals_the_authors_tensorflow_formulation():
+    """yoonholee/MT-net maml.py: y = softmax(([zeta, 0] + two Gumbels) / c); hard = (y == max y); the
+    mask is stop_gradient(hard - y) + y, its first entry. Ours draws g1 - g2 as one Logistic sample
+    (`logistic_noise`): the same value and the same gradient (issue 16: straight-through estimator)."""
+    g = torch.Generator().manual_seed(3)
+    zeta = torch.randn(64, generator=g, requires_grad=True)
+    u1, u2 = torch.rand(64, generator=g), torch.rand(64, generator=g)
+    g1, g2 = -torch.log(-torch.log(u1 + 1e-20) + 1e-20), -torch.log(-torch.log(u2 + 1e-20) + 1e-20)
+    c = 0.7
+    y = torch.softmax(torch.stack([zeta + g1, torch.zeros(64) + g2], 1) / c, 1)
+    hard = (y == y.max(1, keepdim=True).values).float()
+    theirs = ((hard - y).detach() + y)[:, 0]
+    weights = torch.randn(64, generator=g)
+    (grad_theirs,) = torch.autograd.grad((theirs * weights).sum(), zeta)
+    ours = gumbel_mask(zeta, g1 - g2, temperature=c)
+    (grad_ours,) = torch.autograd.grad((ours * weights).sum(), zeta)
+    assert torch.equal(ours.detach(), theirs.detach()) and set(ours.tolist()) == {0.0, 1.0}
+    torch.testing.assert_close(grad_ours, grad_theirs, rtol=1e-5, atol=1e-7)
+
+
 def test_row_masks_share_one_value_per_row_and_its_bias(float64):
     setup, params, batch, noise = tiny_problem("mt-net", inner_steps=2)
     params["c1.zeta"] = torch.tensor([50.0, -50.0, 50.0])  # rows 0, 2 always on; row 1 always off

@@ -18,6 +18,7 @@ beta 0.001, c = 1, one inner step) and logs, at the listed meta-steps:
     python docs/reproduction/alpha1_early.py --seeds 0-7 --steps 2000 > alpha1_early.jsonl
     python docs/reproduction/alpha1_early.py --seeds 0-7 --steps 2000 --adam-eps tf >> alpha1_early.jsonl
     python docs/reproduction/alpha1_early.py --seeds 0-7 --steps 2000 --variant maml >> alpha1_early.jsonl
+    python docs/reproduction/alpha1_early.py --summary alpha1_early.jsonl --plot alpha1-dead-units.png
 """
 
 from __future__ import annotations
@@ -91,6 +92,52 @@ def probe(setup, params, grid: torch.Tensor, tasks) -> dict:
     return out
 
 
+def summarize(paths: list[str], plot: str | None) -> None:
+    """Per (variant, Adam eps convention): how many seeds have every layer-2 unit dead at each logged
+    step (the zero predictor) and their validation loss; optionally a figure of dead1 per seed."""
+    rows = [json.loads(line) for p in paths for line in open(p) if line.strip()]
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["variant"], r["adam_eps"]), []).append(r)
+    print("| variant | Adam eps | seeds | all layer-2 units dead at step 20 / 100 / 500 / 2000 "
+          "| val loss at 2000: dead | alive |")
+    print("|---|---|---|---|---|---|")
+    for (variant, eps), rs in sorted(groups.items()):
+        seeds = sorted({r["seed"] for r in rs})
+        at = {s: {r["seed"]: r for r in rs if r["step"] == s} for s in (20, 100, 500, 2000)}
+        dead = [sum(r["dead1"] == 1.0 for r in at[s].values()) for s in (20, 100, 500, 2000)]
+        end = at[2000].values()
+        dv = [r["val"] for r in end if r["dead1"] == 1.0]
+        av = [r["val"] for r in end if r["dead1"] < 1.0]
+
+        def rng(v):
+            return f"{min(v):.2f}-{max(v):.2f} ({len(v)})" if v else "-"
+        print(f"| {variant} | {eps} | {len(seeds)} | {' / '.join(map(str, dead))} | {rng(dv)} | {rng(av)} |")
+    if plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        keys = sorted(groups)
+        fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), sharey=True)
+        for ax, key in zip(axes, keys):
+            by_seed: dict = {}
+            for r in groups[key]:
+                by_seed.setdefault(r["seed"], []).append((max(r["step"], 0.5), r["dead1"]))
+            for pts in by_seed.values():
+                pts.sort()
+                alive = pts[-1][1] < 1.0
+                ax.plot(*zip(*pts), color="tab:blue" if alive else "tab:red", alpha=0.6, lw=1)
+            ax.set_xscale("log")
+            ax.set_title(f"{key[0]} (Adam eps: {key[1]})", fontsize=9)
+            ax.set_xlabel("meta-step")
+        axes[0].set_ylabel("dead fraction of layer-2 ReLUs")
+        fig.suptitle("alpha = 1: red = every layer-2 unit dead at step 2000 (the constant predictor)", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(plot, dpi=120)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="0-7")
@@ -100,7 +147,12 @@ def main() -> None:
     ap.add_argument("--adam-eps", choices=("torch", "tf"), default="torch",
                     help="tf: TensorFlow 1's AdamOptimizer convention (the authors' code), epsilon added to "
                          "sqrt(v) before bias correction: torch's eps = 1e-8 / sqrt(1 - beta2^t) at step t")
+    ap.add_argument("--summary", nargs="+", help="JSONL files written by this script: print the table instead")
+    ap.add_argument("--plot", help="with --summary: write the figure to this PNG")
     args = ap.parse_args()
+    if args.summary:
+        summarize(args.summary, args.plot)
+        return
     torch.set_num_threads(1)
     spec = parse_spec(SPEC, "alpha1_early.yaml")[0]
     grid = torch.linspace(-5, 5, 501)
