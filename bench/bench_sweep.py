@@ -8,6 +8,7 @@ computing (training, validation, evaluation) in a quickstart sweep, its bundles 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
@@ -49,7 +50,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-quickstart", action="store_true")
     ap.add_argument("--only-quickstart", action="store_true")
+    ap.add_argument("--json", help="also write the measured numbers to this JSON file (bench/compare_trees.py)")
     args = ap.parse_args()
+    numbers: dict = {"ray_start_s": None}
     torch.set_num_threads(1)
     import ray
 
@@ -64,6 +67,7 @@ def main() -> None:
     t0 = time.perf_counter()
     init_ray(None)
     ray_start = time.perf_counter() - t0
+    numbers["ray_start_s"] = ray_start
     sweep_times, plain_times = [], []
     for rep in range(0 if args.only_quickstart else args.repeats):
         spec_path = tmp / f"overhead{rep}.yaml"
@@ -88,6 +92,7 @@ def main() -> None:
         print(f"  sweep (Tuner.fit + rows): {sweep_med:.2f} s  -> {sweep_med / n:.3f} s wall per trial")
         print(f"  plain loop, same trials:  {plain_med:.2f} s  -> {per_trial_plain:.3f} s per trial")
         print(f"  overhead per trial (core-seconds, sweep x 2 slots - plain): {overhead:.3f} s")
+        numbers.update(sweep_s=sweep_med, plain_s=plain_med, overhead_per_trial_s=overhead)
 
     if not args.skip_quickstart:
         qs = Path(__file__).resolve().parents[1] / "sweeps" / "specs" / "quickstart.yaml"
@@ -111,6 +116,9 @@ def main() -> None:
               f"cores; the computations ran {busy:.1f} core-seconds (training, validation, evaluation) = "
               f"{busy / (2 * wall):.0%} of the {2 * wall:.0f} core-seconds (the rest: Ray start and scheduling, "
               "Tune's bookkeeping, the driver's stage transitions)")
+        numbers.update(quickstart_wall_s=wall, quickstart_busy_core_s=busy, quickstart_busy_share=busy / (2 * wall))
+    if args.json:
+        Path(args.json).write_text(json.dumps(numbers))
 
 
 if __name__ == "__main__":

@@ -83,7 +83,7 @@ def run_tune_cell(run: Run, cell: Cell) -> None:
                                              spec.max_concurrent) if bundled else
                         make_searcher(space, spec.search.sampler_seed, label, spec.max_concurrent)),
             scheduler=None if bundled else tuners.scheduler(spec, cell), metric="val_loss", mode="min",
-            num_samples=n_trials, reuse_actors=not bundled)
+            num_samples=n_trials, reuse_actors=True)
         return tuners.new_tuner(spec, run.exp_uri, name,
                                 {"trial": tune_trial_base(spec, cell).to_dict(), "meta": meta}, tune_config, bundled)
 
@@ -166,7 +166,7 @@ def run_fixed_stage(run: Run, stage: str, configs: list[tuple[Cell, TrialConfig]
         generator = tuners.grid(label, run.spec.max_concurrent)
         return tuners.new_tuner(run.spec, run.exp_uri, name,
                                 {("bundle" if bundled else "point"): tune.grid_search(points)},
-                                tune.TuneConfig(search_alg=generator, reuse_actors=not bundled), bundled)
+                                tune.TuneConfig(search_alg=generator, reuse_actors=True), bundled)
 
     n = sum(len(by_cell[c]) for c in todo)
     console.print(f"[bold]{name}[/]: {n} trials" + (f" in {plural(len(points), 'bundle')}" if bundled else ""))

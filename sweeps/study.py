@@ -39,7 +39,9 @@ def make_sampler(space: dict, sampler_seed: int, constant_liar: bool = False):
     import optuna
 
     if space and all(r.grid for r in space.values()):
-        return optuna.samplers.GridSampler({k: list(r.choices) for k, r in space.items()}, seed=sampler_seed)
+        from .grid_sampler import TunedGridSampler
+
+        return TunedGridSampler({k: list(r.choices) for k, r in space.items()}, seed=sampler_seed)
     return optuna.samplers.TPESampler(seed=sampler_seed, constant_liar=constant_liar)
 
 

@@ -98,6 +98,13 @@ def test_a_grid_is_asked_once_per_combination_across_bundles():
     assert sorted(points) == sorted((a, b) for a in (0.01, 0.04, 0.1) for b in (1e-3, 1e-2))
     again = pickle.loads(pickle.dumps(s))  # Tune saves the searcher: the grid's sampler travels with it
     assert isinstance(again.study.sampler, optuna.samplers.GridSampler)
+    # telling the last grid point is not an error (Optuna's GridSampler calls study.stop() there, which
+    # raises outside study.optimize), and every member of the bundle is told
+    for t, x in (("t1", asked[0]), ("t2", asked[1])):
+        s.on_trial_complete(t, {"members": {member_id("tune", "c", n): {"status": "completed", "val_loss": 0.1 * n}
+                                            for n in x["numbers"]}})
+    assert [t.state for t in s.study.trials] == [TrialState.COMPLETE] * 6
+    assert s.study.best_trial.number == 0
 
 
 def test_one_trial_per_process_runs_the_grid_and_lists_beside_ranges_are_categorical():
@@ -110,6 +117,16 @@ def test_one_trial_per_process_runs_the_grid_and_lists_beside_ranges_are_categor
     study = optuna.create_study(sampler=make_sampler(grid, 0))
     study.optimize(lambda t: (DefineByRun(distributions(grid))(t), t.params["alpha"])[1], n_trials=2)
     assert sorted(t.params["alpha"] for t in study.trials) == [0.01, 0.1]
+    # Ray Tune's OptunaSearch asks and tells outside study.optimize: the last tell must not raise
+    from metasweep.sweeps.searcher import ResumableOptunaSearch
+
+    searcher = ResumableOptunaSearch(space=DefineByRun(distributions(grid)), metric="val_loss", mode="min",
+                                     label="e.c", sampler=make_sampler(grid, 0))
+    for i in range(2):
+        config = searcher.suggest(f"t{i}")
+        searcher.on_trial_complete(f"t{i}", {"val_loss": config["alpha"], "training_iteration": 1})
+    assert sorted(t.params["alpha"] for t in searcher._ot_study.trials) == [0.01, 0.1]
+    assert {t.state for t in searcher._ot_study.trials} == {TrialState.COMPLETE}
     mixed = {"alpha": Range(choices=[0.01, 0.1]), "beta": Range(low=1e-4, high=1e-2)}
     study = optuna.create_study(sampler=make_sampler(mixed, 0))
     assert isinstance(study.sampler, optuna.samplers.TPESampler)
