@@ -141,11 +141,14 @@ def grid_trial_configs(spec: Spec) -> list[tuple[Cell, TrialConfig]]:
 AUTO_BUNDLE = 8  # members per bundle where bundles pay (bench/bench_bundle.py: 3.1x at 8 MAML sine members)
 
 
-def bundle_size(spec: Spec, cell: Cell) -> int:
-    """Members per bundle of a cell: the spec's `bundle.size`, or "auto": 8 for learners that fold on
-    the dense regression nets on a CPU (where a trial is dispatch-bound and a bundle of 8 runs 1.3-3x
-    the member-steps of separate trials), 1 (every trial its own) elsewhere - conv nets on a CPU are
-    compute-bound, and other learners gain less; set a size to bundle them anyway."""
+def bundle_size(spec: Spec, cell: Cell, *, members: int | None = None, slots: int | None = None) -> int:
+    """Members per bundle of a cell: the spec's `bundle.size`, or "auto": for learners that fold on the
+    dense regression nets on a CPU (where a trial is dispatch-bound and a bundle of 8 runs 1.3-3x the
+    member-steps of separate trials) as many as fill the `slots` trials that run at once with the
+    stage's `members` (at most 8: a cell of 4 trials on 2 slots is 2 bundles of 2, not 1 of 4 and an
+    idle core; 12 on 8 slots is 6 bundles of 2), 8 when those are not given; 1 (every trial its own)
+    elsewhere - conv nets on a CPU are compute-bound, and other learners gain less; set a size to
+    bundle them anyway."""
     if spec.bundle.size != "auto":
         return int(spec.bundle.size)
     learner = spec.learner(cell.variant)
@@ -155,7 +158,11 @@ def bundle_size(spec: Spec, cell: Cell) -> int:
 
     family = make_family(spec.task.family, **spec.task.options)
     dense = getattr(family, "model", None) == "dense"
-    return AUTO_BUNDLE if dense and getattr(learner, "fold", False) and not spec.resources.gpu else 1
+    if not (dense and getattr(learner, "fold", False) and not spec.resources.gpu):
+        return 1
+    if members and slots:
+        return max(1, min(AUTO_BUNDLE, math.ceil(members / slots)))
+    return AUTO_BUNDLE
 
 
 def fixed_trial_id(stage: str, cell: Cell, cfg: TrialConfig) -> str:

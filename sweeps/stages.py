@@ -16,6 +16,7 @@ from . import tuner as tuners
 from .bundle_trial import bundle_groups
 from .console import make_console
 from .errors import UserError
+from .experiment import write_manifest
 from .plan import (
     Cell,
     bundle_size,
@@ -53,6 +54,25 @@ class Run:
         return {"experiment": self.spec.experiment, "stage": stage, "variant": cell.variant,
                 "spec_hash": self.spec_hash, "cpus": self.spec.resources.cpu}
 
+    def bundle_size(self, key: str, cell: Cell, members: int) -> int:
+        """A cell's bundle size in a stage (sweeps.plan.bundle_size for this cluster's slots), decided
+        once and kept in the manifest: a stage resumed on another cluster keeps the bundles (and the
+        trainable) its saved Tuner state was made with."""
+        sizes = self.manifest.setdefault("bundle_sizes", {})
+        if key not in sizes:
+            sizes[key] = bundle_size(self.spec, cell, members=members, slots=self.slots())
+            write_manifest(self.exp_uri, self.manifest)
+        return int(sizes[key])
+
+    def slots(self) -> int:
+        """How many trials (or bundles) run at once: the cluster's CPUs (GPUs where trials take them)
+        over what one takes, at most the spec's `max_concurrent` - what an "auto" bundle size fills."""
+        import ray
+
+        res, need = ray.cluster_resources(), self.spec.resources
+        fits = [res.get("CPU", 1.0) / need.cpu] + ([res.get("GPU", 0.0) / need.gpu] if need.gpu else [])
+        return max(1, min(self.spec.max_concurrent, int(min(fits) + 1e-9)))
+
 
 # ------------------------------------------------------------------------------------------ tune
 
@@ -70,7 +90,8 @@ def run_tune_cell(run: Run, cell: Cell) -> None:
         return
     space = search_space(spec, cell.variant)
     label = f"{spec.experiment}.{cell.name}"
-    size, total = bundle_size(spec, cell), tune_trials(spec, cell.variant)
+    total = tune_trials(spec, cell.variant)
+    size = run.bundle_size(name, cell, total)
     bundled = size > 1
     n_trials = math.ceil(total / size)
 
@@ -182,7 +203,8 @@ def fixed_points(run: Run, stage: str, by_cell: dict[Cell, list[TrialConfig]]) -
     """(Tune's grid points, bundled): one point per trial, or - where a cell's bundle size is above 1 -
     one per bundle of trials sharing everything but their seed and float hyper-parameters. Every trial
     carries its id (sweeps.plan.fixed_trial_id), so bundled and unbundled stages write the same rows."""
-    sizes = {cell: bundle_size(run.spec, cell) for cell in by_cell}
+    members = sum(len(c) for c in by_cell.values())
+    sizes = {cell: run.bundle_size(f"{stage}-{cell.name}", cell, members) for cell in by_cell}
     if all(n == 1 for n in sizes.values()):
         return [{"trial": cfg.to_dict(), "meta": run.meta(stage, cell), "trial_id": fixed_trial_id(stage, cell, cfg)}
                 for cell, cfgs in by_cell.items() for cfg in cfgs], False

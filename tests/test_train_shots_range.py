@@ -111,6 +111,11 @@ def test_a_spec_variant_meta_trains_on_its_range_and_keeps_the_cells_shots(tmp_p
     assert (setup.train_shots, setup.train_shots_range) == (5, (2, 12))
     assert bundle_size(spec, Cell("cnp-k2-12", 5)) == 1  # ranged members would run one after another
     assert bundle_size(spec, Cell("maml", 5)) == 8
+    # "auto" fills the slots that run at once: a 4-trial cell on 2 slots is 2 bundles of 2 (not 1 of 4
+    # and an idle core), 12 trials on 8 slots 6 bundles of 2; at most 8 members, at least 1
+    assert [bundle_size(spec, Cell("maml", 5), members=m, slots=k) for m, k in
+            ((4, 2), (12, 8), (12, 2), (42, 2), (3, 8), (1, 1))] == [2, 2, 6, 8, 1, 1]
+    assert bundle_size(spec, Cell("cnp-k2-12", 5), members=12, slots=2) == 1
 
 
 @pytest.mark.parametrize("value, words", [
