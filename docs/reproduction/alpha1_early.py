@@ -15,10 +15,13 @@ beta 0.001, c = 1, one inner step) and logs, at the listed meta-steps:
 - step_norm: the norm of alpha * M * grad of the inner step on those tasks (mean over tasks), and
   grad_norm: of the raw inner gradient.
 
-    python docs/reproduction/alpha1_early.py --seeds 0-7 --steps 2000 > alpha1_early.jsonl
-    python docs/reproduction/alpha1_early.py --seeds 0-7 --steps 2000 --adam-eps tf >> alpha1_early.jsonl
-    python docs/reproduction/alpha1_early.py --seeds 0-7 --steps 2000 --variant maml >> alpha1_early.jsonl
+    python docs/reproduction/alpha1_early.py --seeds 0-31 --steps 2000 > alpha1_early.jsonl
+    python docs/reproduction/alpha1_early.py --seeds 0-31 --steps 2000 --adam-eps tf >> alpha1_early.jsonl
+    python docs/reproduction/alpha1_early.py --seeds 0-31 --steps 2000 --variant maml >> alpha1_early.jsonl
+    python docs/reproduction/alpha1_early.py --seeds 0-31 --steps 2000 --variant t-net >> alpha1_early.jsonl
     python docs/reproduction/alpha1_early.py --summary alpha1_early.jsonl --plot alpha1-dead-units.png
+
+(docs/reproduction/alpha1/ holds the rows and the figure of the runs FINDINGS.md reports.)
 """
 
 from __future__ import annotations
