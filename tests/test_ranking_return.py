@@ -122,3 +122,8 @@ def test_rank_and_plot_take_the_return_metric_on_the_command_line(rl_ds, tmp_pat
     drawn = cli("plot", rl_ds, "--kind", "curves", "--metric", "return", "-o", str(png))
     assert drawn.returncode == 0, drawn.stderr
     assert png.stat().st_size > 10_000
+    rep = cli("report", rl_ds, "--metric", "return", "--baseline", "maml-trpo")
+    assert rep.returncode == 0, rep.stderr
+    section = rep.stdout.split("## Per seed")[1]
+    assert "Each seed's mean return" in section and "| anil-trpo |" in section
+    assert "higher is better" in rep.stdout.split("## Per seed")[0]
