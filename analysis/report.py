@@ -68,6 +68,37 @@ def provenance(exp_uri: str) -> list[str]:
     return lines
 
 
+def tune_table(exp_uri: str) -> list[str]:
+    """Markdown lines: every tune-stage trial with its searched values and its meta-validation loss, the
+    value the test stage's configuration was chosen by (lowest per variant and train shots, marked);
+    nothing when there is no tune stage."""
+    rows = [t for t in read_trials(exp_uri).to_pylist() if t["stage"] == "tune"]
+    if not rows:
+        return []
+    names = [h for h in ("alpha", "beta", "temperature") if any(t.get(h) is not None for t in rows)]
+    best: dict = {}
+    for t in rows:
+        v = t["final_val_loss"]
+        if t["status"] == "completed" and v is not None and v == v:
+            key = (t["variant"], t["train_shots"])
+            if key not in best or v < best[key]["final_val_loss"]:
+                best[key] = t
+    chosen = {t["trial_id"] for t in best.values()}
+    out = ["## Tune stage: meta-validation loss of every configuration", "",
+           "What the test stage's configurations were chosen by (the lowest per variant and train shots: ✓); "
+           "the test tasks play no part in it.", "",
+           "| variant | train shots | " + " | ".join(names) + " | val loss | status | chosen |",
+           "|---|---|" + "---|" * (len(names) + 3)]
+    order = sorted(rows, key=lambda t: (t["variant"], t["train_shots"], t["final_val_loss"]
+                                        if t["final_val_loss"] is not None else float("inf")))
+    for t in order:
+        vals = ["-" if t.get(h) is None else f"{t[h]:.4g}" for h in names]
+        loss = "-" if t["final_val_loss"] is None else f"{t['final_val_loss']:.4f}"
+        out.append(f"| {t['variant']} | {t['train_shots']} | " + " | ".join(vals)
+                   + f" | {loss} | {t['status']} | {'✓' if t['trial_id'] in chosen else ''} |")
+    return out + [""]
+
+
 def experiment_report(exp_uri: str, *, metric: str = "loss", stage: str | None = None, baseline: str = "maml",
                       command: str | None = None) -> str:
     """The report (Markdown) of the experiment at `exp_uri`. ValueError naming what is missing."""
@@ -81,21 +112,30 @@ def experiment_report(exp_uri: str, *, metric: str = "loss", stage: str | None =
         lines.append(f"Command: `{command}`  ")
     lines += provenance(exp_uri) + [""]
     steps = sorted({int(s) for s in ((spec.get("eval") or {}).get("inner_steps") or [1])})
-    ranked = []
+    # the first ranking is computed unguarded: a stage, metric or dataset it cannot rank is the
+    # command's error (ValueError naming it), not a report of error notes
+    first = compute_ranking(exp_uri, metric=metric, stage=stage, inner_steps=None, baseline=baseline)
+    ranked = [first.inner_steps]
+    sections = {first.inner_steps: first}
     for k in steps:
-        try:
-            r = compute_ranking(exp_uri, metric=metric, stage=stage, inner_steps=k, baseline=baseline)
-        except ValueError as e:
-            lines += [f"## After {k} inner step(s)", "", f"(not ranked: {e})", ""]
+        if k in sections or (k == 0 and first.inner_steps != 0):
             continue
-        ranked.append(k)
-        lines += [f"## Ranking and paired tests ({k} inner step{'s' if k != 1 else ''})", "", render(r, "markdown"), ""]
-    if ranked:
-        k = ranked[0]
-        lines += [f"## Per seed ({k} inner step{'s' if k != 1 else ''})", "",
-                  f"Each seed's mean {metric} over the shared evaluation tasks (the tables above pool these; a seed "
-                  "is one meta-training run).", "",
-                  per_seed_table(exp_uri, metric=metric, stage=stage, inner_steps=k), ""]
+        try:
+            sections[k] = compute_ranking(exp_uri, metric=metric, stage=stage, inner_steps=k, baseline=baseline)
+            ranked.append(k)
+        except ValueError as e:
+            sections[k] = str(e)
+    for k in sorted(sections):
+        r = sections[k]
+        title = f"{k} inner step{'s' if k != 1 else ''}"
+        lines += ([f"## Ranking and paired tests ({title})", "", render(r, "markdown"), ""] if not isinstance(r, str)
+                  else [f"## Ranking and paired tests ({title})", "", f"(not ranked: {r})", ""])
+    k = ranked[0]
+    lines += [f"## Per seed ({k} inner step{'s' if k != 1 else ''})", "",
+              f"Each seed's mean {metric} over the shared evaluation tasks (the tables above pool these; a seed "
+              "is one meta-training run); spread = the largest minus the smallest seed.", "",
+              per_seed_table(exp_uri, metric=metric, stage=stage, inner_steps=k), ""]
+    lines += tune_table(exp_uri)
     if spec_text:
         lines += ["## Spec as run", "", "```yaml", spec_text.rstrip(), "```", ""]
     return "\n".join(lines)

@@ -91,7 +91,8 @@ def grid_size(space: dict[str, Range]) -> int | None:
 
 
 def tune_trials(spec: Spec, variant: str) -> int:
-    """Optuna trials of a variant's tune cell: its grid's size, or `search.trials_per_variant`."""
+    """Optuna trials of a variant's tune cell: its grid's size (every searched hyper-parameter a list
+    of values: each combination once), else `search.trials_per_variant` (TPE)."""
     return grid_size(search_space(spec, variant)) or spec.search.trials_per_variant
 
 

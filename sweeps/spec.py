@@ -35,12 +35,17 @@ class Range(Strict):
     log: bool = True
     low: float | None = None
     high: float | None = None
-    choices: list[float | int | str] | None = None
+    choices: list[bool | int | float | str] | None = None  # bool kept as given, to refuse it by name
 
     @model_validator(mode="before")
     @classmethod
     def _listed(cls, data):
-        return {"choices": data} if isinstance(data, list) else data
+        if isinstance(data, list):
+            return {"choices": data}
+        if not isinstance(data, dict) and not isinstance(data, Range):
+            raise ValueError("a search entry is a range {low: ..., high: ...} or a list of values such as [0.01]; "
+                             "to give every trial one value, list it alone or set it under defaults:")
+        return data
 
     @field_validator("low")
     @classmethod
@@ -85,8 +90,8 @@ class SearchSpec(BaseModel):
     """The tune stage: Optuna trials per (variant, train shots) cell, and ranges by hyper-parameter
     name (`alpha: {low, high, log}`, a learner's own such as `nn_scale`) or lists of values
     (`alpha: [0.01, 0.04, 0.1]`), replacing the declared default ranges; `overrides` replace them per
-    variant. A variant whose every searched hyper-parameter is a list is tuned on the whole grid
-    (`trials_per_variant` is then the grid's size; giving another number is an error)."""
+    variant. A variant whose every searched hyper-parameter is a list is tuned on the whole grid, each
+    combination once; `trials_per_variant` is the number of TPE trials of the other variants."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
     __pydantic_extra__: dict[str, Range] = Field(init=False)
@@ -240,16 +245,9 @@ def check_search(spec: Spec) -> None:
                 raise ConfigError(("search", "overrides", variant, name),
                                   f"{variant} does not search {name}; it searches: {', '.join(searched[variant])}")
             _check_range(("search", "overrides", variant, name), name, r)
-    if spec.mode == "tune+test" and "trials_per_variant" in spec.search.model_fields_set:
-        from .plan import grid_size, search_space
-
-        for variant in names:
-            n = grid_size(search_space(spec, variant))
-            if n is not None and n != spec.search.trials_per_variant:
-                raise ConfigError(("search", "trials_per_variant"),
-                                  f"{variant}'s search is a grid of {n} combinations (every hyper-parameter it searches "
-                                  f"is a list), which runs each once: leave trials_per_variant out, or set it to {n}",
-                                  spec.search.trials_per_variant)
+    if spec.mode == "grid" and "search" in spec.model_fields_set:
+        raise ConfigError(("search",), "applies to mode tune+test only; in mode grid the `grid:` mapping gives the "
+                                       "values every trial runs with")
     if spec.mode == "tune+test":
         for variant, hps in searched.items():
             for name in hps:
@@ -269,6 +267,8 @@ def _check_range(loc: tuple, name: str, r: Range) -> None:
         return
     values = []
     for x in r.choices:
+        if isinstance(x, bool):  # YAML's yes/no/true/false
+            raise ConfigError(loc, f"must be a list of {hparam_def(name).domain()}", x)
         try:
             values.append(check_hparam(name, x))
         except ValueError as e:

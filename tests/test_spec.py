@@ -34,9 +34,11 @@ MALFORMED = [
      "field search.alpha: give either low and high, or a list of values (choices), not both"),
     (OK + "search:\n  alpha: {low: 0.01}\n", "field search.alpha: give low and high (a range), or a list of values"),
     (OK + "search: {overrides: {maml: {beta: [0.001, zero]}}}\n", "field search.overrides.maml.beta: "),
-    (OK + "search: {trials_per_variant: 4, alpha: [0.01, 0.1], beta: [0.001]}\n",
-     "field search.trials_per_variant: maml's search is a grid of 2 combinations (every hyper-parameter it searches "
-     "is a list), which runs each once: leave trials_per_variant out, or set it to 2 (got 4)"),
+    (OK + "search:\n  alpha: [yes, 0.1]\n", "field search.alpha: must be a list of a positive finite number (got True)"),
+    (OK + "search:\n  alpha: 0.01\n", "field search.alpha: a search entry is a range {low: ..., high: ...} or a list "
+     "of values such as [0.01]; to give every trial one value, list it alone or set it under defaults:"),
+    (OK + "mode: grid\ngrid: {alpha: [0.1]}\nsearch: {alpha: [0.01, 0.1]}\n",
+     "field search: applies to mode tune+test only; in mode grid the `grid:` mapping gives"),
     (OK + "search: {trials_per_variant: 0}\n", "field search.trials_per_variant: Input should be greater than or equal to 1"),
     (OK + "search: {overrides: {t-net: {alpha: {low: 0.1, high: 1}}}}\n",
      "search.overrides names variants not in the spec: t-net"),
@@ -178,3 +180,18 @@ def test_any_declared_hyper_parameter_by_name_and_integer_switches():
         parse_spec(text.replace("attention_scale: [1, 5.0]", "cosine_scale: [1, 5]").replace(
             "{name: p10, preset: protonet, switches: {train_ways: 10, distance: cosine}}", "protonet").replace(
             "defaults: {cosine_scale: 7, beta: 0.002}", "defaults: {beta: 0.002}"), "g.yaml")
+
+
+def test_a_grid_variant_runs_its_grid_and_the_others_their_trials_per_variant(tmp_path):
+    """Lists for every hyper-parameter maml searches make its tune cell the grid of their combinations;
+    mt-net also searches the temperature (a range here), so it keeps `trials_per_variant` TPE trials
+    with alpha and beta as categorical choices."""
+    from metasweep.sweeps.plan import grid_size, tune_trials
+
+    path = tmp_path / "g.yaml"
+    path.write_text("experiment: g\nvariants: [maml, mt-net]\nsearch:\n  trials_per_variant: 5\n"
+                    "  alpha: [0.01, 0.04, 0.1]\n  beta: [0.001, 0.002]\n")
+    spec = load_spec(path)[0]
+    assert (tune_trials(spec, "maml"), tune_trials(spec, "mt-net")) == (6, 5)
+    assert grid_size(search_space(spec, "maml")) == 6 and grid_size(search_space(spec, "mt-net")) is None
+    assert search_space(spec, "mt-net")["alpha"].choices == [0.01, 0.04, 0.1]

@@ -71,8 +71,18 @@ def test_quickstart_shaped_sweep_writes_every_row_and_prints_a_ranking(tmp_path)
             want.append(round(sum(losses) / len(losses), 3))
         line = next(li for li in section.splitlines() if li.startswith(f"| {v} | 5 |"))
         assert [float(x) for x in line.strip("| ").split(" | ")[2:4]] == want
+    # what chose each test configuration: every tune trial's validation loss, the lowest per variant marked
+    tune_section = text.split("## Tune stage: meta-validation loss of every configuration")[1].split("##")[0]
+    marked = [li for li in tune_section.splitlines() if li.endswith("| ✓ |")]
+    assert len(marked) == 3 and len([li for li in tune_section.splitlines() if li.startswith("| maml |")]) == 2
+    for v in ("maml", "t-net", "mt-net"):
+        best = min((t for t in tune_rows if t["variant"] == v), key=lambda t: t["final_val_loss"])
+        assert any(li.startswith(f"| {v} |") and f"| {best['final_val_loss']:.4f} |" in li for li in marked)
     bad = metasweep("report", str(exp), "-o", str(tmp_path / "report.txt"), cwd=tmp_path)
     assert bad.returncode == 2 and "use a .md file name" in bad.stderr and "Traceback" not in bad.stderr
+    for args in (("--stage", "grid"), ("--metric", "accuracy")):  # a report of error notes would hide them
+        bad = metasweep("report", str(exp), *args, cwd=tmp_path)
+        assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr
     missing = metasweep("report", str(tmp_path / "nothing"), cwd=tmp_path)
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
 
