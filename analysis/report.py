@@ -5,6 +5,8 @@ regenerated from any copy of the results."""
 
 from __future__ import annotations
 
+import json
+
 import yaml
 
 from .evaldata import load_matrices, stage_trials
@@ -40,12 +42,10 @@ def per_seed_table(exp_uri: str, *, metric: str = "loss", stage: str | None = No
     return "\n".join(lines) + "\n"
 
 
-def provenance(exp_uri: str) -> list[str]:
-    """Markdown lines: trials per stage and status, the wall time from the first trial's start to the
-    last one's end, the trials' summed wall time, and the code versions, devices and nodes they ran on."""
-    t = read_trials(exp_uri).to_pylist()
-    if not t:
-        raise ValueError(f"{exp_uri}: no trials")
+def provenance(t: list[dict]) -> list[str]:
+    """Markdown lines from the trials' rows: trials per stage and status, the wall time from the first
+    trial's start to the last one's end, the trials' summed wall time, and the code versions, devices
+    and nodes they ran on."""
     counts: dict = {}
     for r in t:
         counts.setdefault(r["stage"], {}).setdefault(r["status"], 0)
@@ -68,31 +68,30 @@ def provenance(exp_uri: str) -> list[str]:
     return lines
 
 
-def tune_table(exp_uri: str) -> list[str]:
-    """Markdown lines: every tune-stage trial with its searched values and its meta-validation loss, the
-    value the test stage's configuration was chosen by (lowest per variant and train shots, marked);
-    nothing when there is no tune stage."""
-    rows = [t for t in read_trials(exp_uri).to_pylist() if t["stage"] == "tune"]
+def tune_table(trials: list[dict]) -> list[str]:
+    """Markdown lines: every tune-stage trial with the hyper-parameters that vary among them and its
+    meta-validation loss, the tune trial each test configuration came from (its `hp_source_trial`)
+    marked; nothing when there is no tune stage."""
+    rows = [t for t in trials if t["stage"] == "tune"]
     if not rows:
         return []
-    names = [h for h in ("alpha", "beta", "temperature") if any(t.get(h) is not None for t in rows)]
-    best: dict = {}
-    for t in rows:
-        v = t["final_val_loss"]
-        if t["status"] == "completed" and v is not None and v == v:
-            key = (t["variant"], t["train_shots"])
-            if key not in best or v < best[key]["final_val_loss"]:
-                best[key] = t
-    chosen = {t["trial_id"] for t in best.values()}
+    chosen = {t["hp_source_trial"] for t in trials if t["stage"] == "test" and t["hp_source"] == "tuned"}
+    hps = [json.loads(t["hparams"] or "{}") for t in rows]
+    cells: dict = {}
+    for t, h in zip(rows, hps):
+        cells.setdefault((t["variant"], t["train_shots"]), []).append(h)
+    # what the search varied: values that differ among one cell's trials
+    names = sorted({k for hs in cells.values() for h in hs for k in h if len({json.dumps(x.get(k)) for x in hs}) > 1})
     out = ["## Tune stage: meta-validation loss of every configuration", "",
-           "What the test stage's configurations were chosen by (the lowest per variant and train shots: ✓); "
-           "the test tasks play no part in it.", "",
-           "| variant | train shots | " + " | ".join(names) + " | val loss | status | chosen |",
+           "What the test stage's configurations were chosen by (the lowest per variant and train shots); ✓ marks "
+           "the tune trial each tested configuration came from. The test tasks play no part in it.", "",
+           "| variant | train shots | " + " | ".join(names) + " | val loss | status | tested |",
            "|---|---|" + "---|" * (len(names) + 3)]
-    order = sorted(rows, key=lambda t: (t["variant"], t["train_shots"], t["final_val_loss"]
-                                        if t["final_val_loss"] is not None else float("inf")))
-    for t in order:
-        vals = ["-" if t.get(h) is None else f"{t[h]:.4g}" for h in names]
+    order = sorted(zip(rows, hps), key=lambda th: (th[0]["variant"], th[0]["train_shots"],
+                                                   th[0]["final_val_loss"] if th[0]["final_val_loss"] is not None
+                                                   else float("inf")))
+    for t, h in order:
+        vals = ["-" if h.get(k) is None else (f"{h[k]:.4g}" if isinstance(h[k], float) else str(h[k])) for k in names]
         loss = "-" if t["final_val_loss"] is None else f"{t['final_val_loss']:.4f}"
         out.append(f"| {t['variant']} | {t['train_shots']} | " + " | ".join(vals)
                    + f" | {loss} | {t['status']} | {'✓' if t['trial_id'] in chosen else ''} |")
@@ -110,7 +109,10 @@ def experiment_report(exp_uri: str, *, metric: str = "loss", stage: str | None =
     lines = [f"# {title}" + (f": {spec['description']}" if spec.get("description") else ""), ""]
     if command:
         lines.append(f"Command: `{command}`  ")
-    lines += provenance(exp_uri) + [""]
+    trials = read_trials(exp_uri).to_pylist()
+    if not trials:
+        raise ValueError(f"{exp_uri}: no trials")
+    lines += provenance(trials) + [""]
     steps = sorted({int(s) for s in ((spec.get("eval") or {}).get("inner_steps") or [1])})
     # the first ranking is computed unguarded: a stage, metric or dataset it cannot rank is the
     # command's error (ValueError naming it), not a report of error notes
@@ -135,7 +137,7 @@ def experiment_report(exp_uri: str, *, metric: str = "loss", stage: str | None =
               f"Each seed's mean {metric} over the shared evaluation tasks (the tables above pool these; a seed "
               "is one meta-training run); spread = the largest minus the smallest seed.", "",
               per_seed_table(exp_uri, metric=metric, stage=stage, inner_steps=k), ""]
-    lines += tune_table(exp_uri)
+    lines += tune_table(trials)
     if spec_text:
         lines += ["## Spec as run", "", "```yaml", spec_text.rstrip(), "```", ""]
     return "\n".join(lines)

@@ -38,7 +38,9 @@ def make_sampler(space: dict, sampler_seed: int, constant_liar: bool = False):
     GridSampler, each combination once, in trial order; otherwise TPE, seeded."""
     import optuna
 
-    if space and all(r.grid for r in space.values()):
+    from .plan import grid_size
+
+    if grid_size(space) is not None:
         from .grid_sampler import TunedGridSampler
 
         return TunedGridSampler({k: list(r.choices) for k, r in space.items()}, seed=sampler_seed)
