@@ -61,14 +61,61 @@ class DenseNet:
         last = self.n_cells - 1
         for l in range(self.n_cells if upto is None else upto):
             c = f"c{l}"
-            W, b = p[f"{c}.W"], p[f"{c}.b"]
-            h = h @ W.transpose(-1, -2) + b.unsqueeze(-2)
-            T = p.get(f"{c}.T")
-            if T is not None:
-                h = h @ T.transpose(-1, -2)
+            h = cell_output(h, p[f"{c}.W"], p[f"{c}.b"], p.get(f"{c}.T"))
             if l != last:
                 h = F.relu(h)
         return h
+
+    def task_gradients(self, p: Params, x: torch.Tensor, y: torch.Tensor, loss_grad, names: list[str]) -> Params:
+        """Every task's gradient of its own loss w.r.t. the parameters `names` (W and b of some cells),
+        by backpropagation written out: shapes [tasks, *param.shape] for inputs x [tasks, N, in],
+        targets y; `loss_grad(out, y)` is d loss_t / d out_t (core.losses.PER_TASK_GRAD).
+
+        The same values as autograd of the summed per-task losses w.r.t. task-expanded parameters
+        (tests/test_core_math.py), in ordinary differentiable ops: autograd of the result is MAML's
+        second-order term without a double-backward graph, and a parameter every task shares (T, ANIL's
+        body) is one matrix product over all tasks' points. ReLU' is 1 where the pre-activation is > 0 (torch's convention)."""
+        outs, inputs = [], [x]  # each cell's output T(Wh + b) and its input h
+        h = x
+        last = self.n_cells - 1
+        for l in range(self.n_cells):
+            c = f"c{l}"
+            z = cell_output(h, p[f"{c}.W"], p[f"{c}.b"], p.get(f"{c}.T"))
+            outs.append(z)
+            h = F.relu(z) if l != last else z
+            inputs.append(h)
+        lowest = min(int(n.split(".")[0][1:]) for n in names)
+        d = loss_grad(h, y)  # d loss / d (cell output), [tasks, N, out]
+        grads: Params = {}
+        for l in range(last, lowest - 1, -1):
+            c = f"c{l}"
+            W, T, h = p[f"{c}.W"], p.get(f"{c}.T"), inputs[l]
+            if T is not None:
+                d = d @ T  # through h T^T: d (Wh + b)
+            if f"{c}.W" in names:
+                grads[f"{c}.W"] = d.transpose(-1, -2) @ h
+            if f"{c}.b" in names:
+                grads[f"{c}.b"] = d.sum(-2)
+            if l > lowest:
+                d = torch.where(outs[l - 1] > 0, d @ W, 0.0)  # through W h and the ReLU below
+        return {n: grads[n] for n in names}
+
+
+def cell_output(h: torch.Tensor, W: torch.Tensor, b: torch.Tensor, T: torch.Tensor | None) -> torch.Tensor:
+    """T (W h + b) for h [(tasks,) N, in], W [(tasks,) out, in], b [(tasks,) out], T [(tasks,) out, out]:
+    one fused multiply-add (addmm when W is shared: every task's points in one product; baddbmm when
+    every task has its own W). (Multiplying T into W first saves arithmetic where in < points, e.g. the
+    sine net's first cell, but measured slower at the sine net's sizes: the extra products' dispatch
+    costs more than the multiplications they save.)"""
+    if W.dim() == 2:
+        out = F.linear(h, W, b)
+    elif h.dim() == 3:
+        out = torch.baddbmm(b.unsqueeze(-2), h, W.transpose(-1, -2))
+    else:
+        out = h @ W.transpose(-1, -2) + b.unsqueeze(-2)
+    if T is not None:
+        out = out @ T.transpose(-1, -2)
+    return out
 
 
 def _dense_for(family, hidden: tuple[int, ...]) -> DenseNet:

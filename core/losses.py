@@ -27,9 +27,25 @@ def cross_entropy_per_task(logits: torch.Tensor, labels: torch.Tensor) -> torch.
     return flat.reshape(n_tasks, -1).mean(1)
 
 
+def mse_per_task_grad(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """d mse_per_task(pred, target)[t] / d pred[t]: 2 (pred - target) / (points x outputs of a task)."""
+    return (pred - target) * (2.0 / pred[0].numel())
+
+
+def cross_entropy_per_task_grad(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """d cross_entropy_per_task(logits, labels)[t] / d logits[t]: (softmax - one-hot) / examples of a task."""
+    probs = torch.softmax(logits, dim=-1)
+    onehot = F.one_hot(labels, logits.shape[-1]).to(logits.dtype)
+    return (probs - onehot) * (1.0 / labels[0].numel())
+
+
 LOSSES = {"mse": mse, "cross_entropy": cross_entropy}
 PER_TASK = {"mse": mse_per_task, "cross_entropy": cross_entropy_per_task, mse: mse_per_task,
             cross_entropy: cross_entropy_per_task}
+# the gradient of a batched loss w.r.t. the predictions, written out (models with a closed-form backward,
+# core.cells, use it for the inner loop); a loss without one is differentiated by autograd
+PER_TASK_GRAD = {"mse": mse_per_task_grad, "cross_entropy": cross_entropy_per_task_grad, mse: mse_per_task_grad,
+                 cross_entropy: cross_entropy_per_task_grad}
 
 
 def register_loss(name: str, fn, per_task=None) -> None:

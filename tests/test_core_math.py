@@ -9,7 +9,7 @@ from torch.func import grad
 from metasweep.core import PRESETS, HParams, VariantError, get_variant
 from metasweep.core.adapt import adapt, adapted_names, gumbel_mask, logistic_noise, mask_noise, meta_only_names
 from metasweep.core.cells import DenseNet
-from metasweep.core.losses import mse
+from metasweep.core.losses import PER_TASK, PER_TASK_GRAD, mse
 from metasweep.core.meta import meta_gradient, meta_loss, reptile_direction, sample_noise
 from metasweep.core.setup import Setup
 from metasweep.core.state import init_state
@@ -325,6 +325,77 @@ def test_vmapped_and_batched_meta_batch_equal_per_task_loop(name):
         torch.testing.assert_close(lv, ll, atol=1e-6, rtol=1e-6)
         for k in p32:
             torch.testing.assert_close(gv[k], gl[k], atol=1e-6, rtol=1e-5, msg=f"{engine} {k}")
+
+
+# ---------------------------------------------------------------- the dense net's written-out backprop
+
+
+def autograd_task_gradients(model, params, x, y, loss, names, shared):
+    """Every task's gradient the autograd way: parameters expanded to [tasks, ...] (or already per
+    task), the per-task losses summed, differentiated with create_graph (second order possible)."""
+    n = x.shape[0]
+    fast = {k: (v.expand(n, *v.shape) if shared else v) for k, v in params.items() if k in names}
+    total = PER_TASK[loss](model.forward({**params, **fast}, x), y).sum()
+    return dict(zip(names, torch.autograd.grad(total, [fast[k] for k in names], create_graph=True)))
+
+
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
+@pytest.mark.parametrize("name,frozen", [("maml", ()), ("t-net", ()), ("anil", ()), ("maml", ("c0",)),
+                                         ("t-net", ("c1",))])
+@pytest.mark.parametrize("shared", [True, False])
+def test_dense_task_gradients_equal_autograd_and_so_do_their_derivatives(float64, loss, name, frozen, shared):
+    """DenseNet.task_gradients (the batched engine's inner gradient) against autograd: the gradients
+    themselves (shared parameters, or one set per task as in a bundle; T-nets' T; ANIL's head only;
+    a frozen cell), and the gradient of a random linear function of them w.r.t. every parameter -
+    the second-order term of MAML's meta-gradient."""
+    g = torch.Generator().manual_seed(3)
+    model = DenseNet((2, 5, 4, 3), init_std=0.7)
+    variant = get_variant(name)
+    params = learner_params(model, variant, g, dtype=D)
+    params = {k: v + 0.3 * torch.randn(v.shape, generator=g, dtype=D) for k, v in params.items()}
+    n_tasks = 4
+    if not shared:
+        params = {k: v + 0.1 * torch.randn((n_tasks, *v.shape), generator=g, dtype=D) for k, v in params.items()}
+    params = {k: v.requires_grad_(True) for k, v in params.items()}
+    x = torch.randn(n_tasks, 6, 2, generator=g, dtype=D)
+    y = (torch.randn(n_tasks, 6, 3, generator=g, dtype=D) if loss == "mse" else
+         torch.randint(0, 3, (n_tasks, 6), generator=g))
+    names = adapted_names(model, variant, frozen)
+    ours = model.task_gradients(params, x, y, PER_TASK_GRAD[loss], names)
+    ref = autograd_task_gradients(model, params, x, y, loss, names, shared)
+    assert list(ours) == names
+    probes = {k: torch.randn(ref[k].shape, generator=g, dtype=D) for k in names}
+    for k in names:
+        assert ours[k].shape == (n_tasks, *model_shape(params[k], shared)), k
+        torch.testing.assert_close(ours[k], ref[k], atol=1e-12, rtol=1e-10, msg=k)
+    leaves = list(params.values())
+    second = torch.autograd.grad(sum((ours[k] * probes[k]).sum() for k in names), leaves, allow_unused=True)
+    second_ref = torch.autograd.grad(sum((ref[k] * probes[k]).sum() for k in names), leaves, allow_unused=True)
+    for k, a, b in zip(params, second, second_ref):
+        a = torch.zeros_like(params[k]) if a is None else a
+        b = torch.zeros_like(params[k]) if b is None else b
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10, msg=f"second order {k}")
+    assert any(a is not None and a.abs().sum() > 0 for a in second)
+
+
+def model_shape(p, shared):
+    return p.shape if shared else p.shape[1:]
+
+
+def test_dense_net_forward_is_the_same_for_shared_and_per_task_weights(float64):
+    """cell_output's three forms (addmm for shared W, baddbmm for per-task W, broadcast otherwise)
+    compute T (W h + b)."""
+    g = torch.Generator().manual_seed(0)
+    model = DenseNet((3, 4, 2))
+    p = {k: v + torch.randn(v.shape, generator=g, dtype=D) for k, v in model.init(g, dtype=D).items()}
+    p["c0.T"] = torch.randn(4, 4, generator=g, dtype=D)
+    x = torch.randn(5, 7, 3, generator=g, dtype=D)
+    shared = model.forward(p, x)
+    per_task = model.forward({k: v.expand(5, *v.shape) for k, v in p.items()}, x)
+    one = torch.stack([model.forward(p, x[t]) for t in range(5)])
+    by_hand = torch.relu((x @ p["c0.W"].T + p["c0.b"]) @ p["c0.T"].T) @ p["c1.W"].T + p["c1.b"]
+    for out in (shared, per_task, one):
+        torch.testing.assert_close(out, by_hand, atol=1e-12, rtol=1e-12)
 
 
 # ---------------------------------------------------------------- variants are validated data
