@@ -74,14 +74,15 @@ class DenseNet:
         The same values as autograd of the summed per-task losses w.r.t. task-expanded parameters
         (tests/test_core_math.py), in ordinary differentiable ops: autograd of the result is MAML's
         second-order term without a double-backward graph, and a parameter every task shares (T, ANIL's
-        body) is one matrix product over all tasks' points. ReLU' is 1 where the pre-activation is > 0 (torch's convention)."""
-        outs, inputs = [], [x]  # each cell's output T(Wh + b) and its input h
+        body) is one matrix product over all tasks' points. ReLU' is 1 where the ReLU's output is > 0 (torch's convention)."""
+        if not names:
+            return {}
+        inputs = [x]  # each cell's input h
         h = x
         last = self.n_cells - 1
         for l in range(self.n_cells):
             c = f"c{l}"
             z = cell_output(h, p[f"{c}.W"], p[f"{c}.b"], p.get(f"{c}.T"))
-            outs.append(z)
             h = F.relu(z) if l != last else z
             inputs.append(h)
         lowest = min(int(n.split(".")[0][1:]) for n in names)
@@ -97,7 +98,9 @@ class DenseNet:
             if f"{c}.b" in names:
                 grads[f"{c}.b"] = d.sum(-2)
             if l > lowest:
-                d = torch.where(outs[l - 1] > 0, d @ W, 0.0)  # through W h and the ReLU below
+                # through W h and the ReLU below: the op autograd's own ReLU backward is (differentiable
+                # in the gradient, its derivative the same op): 0 where the ReLU's output is not > 0
+                d = torch.ops.aten.threshold_backward(d @ W, h, 0.0)
         return {n: grads[n] for n in names}
 
 
