@@ -139,6 +139,46 @@ class BundleSearch(Searcher):
             exporter(self.study)
 
 
+class CellsSearch(Searcher):
+    """Several bundled tune cells' searches behind one Ray Tune searcher, so that one Tuner runs them
+    all: its actors (and their imports) serve every cell, and a cell's bundles start as soon as slots
+    free up instead of after the previous cell's Tuner has ended. `searches`: {cell: BundleSearch},
+    asked in order (a cell's bundles first, then the next cell's); `configs`: {cell: the rest of its
+    Tune config} ("trial", "meta"), merged into each suggestion. Each cell keeps its own study (told
+    by its own BundleSearch), bundle size and rungs."""
+
+    def __init__(self, searches: dict[str, BundleSearch], configs: dict[str, dict], label: str):
+        super().__init__(metric="val_loss", mode="min")
+        self.searches, self.configs, self.label = dict(searches), dict(configs), label
+        self.owner: dict[str, str] = {}  # Tune trial id -> the cell that suggested it
+
+    def save(self, checkpoint_path: str) -> None:
+        import pickle
+
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__dict__, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        import pickle
+
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))
+
+    def suggest(self, trial_id: str):
+        for cell, search in self.searches.items():
+            out = search.suggest(trial_id)
+            if out is Searcher.FINISHED:
+                continue
+            self.owner[trial_id] = cell
+            return {**out, **self.configs[cell]}
+        return Searcher.FINISHED
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        cell = self.owner.pop(trial_id, None)
+        if cell is not None:
+            self.searches[cell].on_trial_complete(trial_id, result, error)
+
+
 class Rungs:
     """ASHA for members: milestones (in reports) grace_period * eta^k below max_reports."""
 

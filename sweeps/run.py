@@ -24,7 +24,7 @@ from .preflight import preflight
 from .report import best_configs, check_untuned, hp_sources, print_best, print_sources
 from .session import Interrupted, check_address, ray_session  # noqa: F401 (Interrupted: the CLI's)
 from .spec import Spec, load_spec, parse_spec, spec_base
-from .stages import Run, StageFailed, run_fixed_stage, run_tune_cell  # noqa: F401 (StageFailed: the CLI's)
+from .stages import Run, StageFailed, run_fixed_stage, run_tune_stage  # noqa: F401 (StageFailed: the CLI's)
 
 console = make_console(stderr=True)
 
@@ -128,9 +128,7 @@ def run_experiment(run: Run, stage: str = "all") -> dict:
             run_fixed_stage(run, "grid", grid_trial_configs(spec))
             return manifest
         if stage in ("tune", "all"):
-            for cell in cells(spec):
-                run_tune_cell(run, cell)
-                write_manifest(run.exp_uri, manifest)
+            run_tune_stage(run, cells(spec))  # the manifest written as each Tuner ends
             manifest["best"] = best_configs(spec, run.exp_uri)
             print_best(spec, manifest["best"])
             if stage == "tune":  # else the test stage checks (and says) it

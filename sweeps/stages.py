@@ -7,6 +7,7 @@ every trial errored. The store does all the file work."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -28,6 +29,7 @@ from .plan import (
     tune_trial_base,
     tune_trials,
 )
+from .searcher import RelocatableSearch
 from .session import fit, tune_error
 from .spec import Spec
 from .study import make_searcher, running_study
@@ -77,50 +79,120 @@ class Run:
 # ------------------------------------------------------------------------------------------ tune
 
 
-def run_tune_cell(run: Run, cell: Cell) -> None:
-    """One cell's Optuna search (skipped when done with the same inputs; refused when done with others)."""
-    from ray import tune
+@dataclass
+class TuneCell:
+    """A tune cell about to run: its search space, Optuna trials (`total`), bundle size and Tune trials."""
 
+    cell: Cell
+    name: str  # "tune-<cell>": its manifest entry, and its Tuner's name when it runs alone
+    label: str  # its study's name (optuna.db)
+    inputs: str
+    space: dict
+    total: int
+    size: int
+
+    @property
+    def bundled(self) -> bool:
+        return self.size > 1
+
+    @property
+    def n_trials(self) -> int:
+        return math.ceil(self.total / self.size)
+
+
+def run_tune_stage(run: Run, cells: list[Cell]) -> None:
+    """The tune stage: every cell's Optuna search (a cell done with the same inputs is skipped; one done
+    with others is refused). Bundled cells run together in one Tuner - its actors reused from one cell to
+    the next, bundles of the next cell starting as slots free up - each cell with its own study, bundle
+    size and rungs; a cell whose trials run alone (Tune's own scheduler per cell), or whose Tuner an
+    earlier driver saved, runs in a Tuner of its own."""
+    todo = [tc for tc in (prepare_tune_cell(run, cell) for cell in cells) if tc is not None]
+    together = [tc for tc in todo if tc.bundled and not tuners.can_restore(run.exp_uri, tc.name)]
+    if len(together) < 2:
+        together = []
+    for tc in todo:
+        if tc not in together:
+            run_tune_cells(run, [tc])
+    if together:
+        run_tune_cells(run, together)
+
+
+def prepare_tune_cell(run: Run, cell: Cell) -> TuneCell | None:
+    """The cell to run, or None when it is done with the same inputs (UserError when done with others)."""
     spec, name = run.spec, f"tune-{cell.name}"
     inputs = tune_inputs(spec, cell)
     if run.manifest["cells"].get(name) == "done":
         if run.manifest.get("inputs", {}).get(name, inputs) != inputs:
             raise UserError(f"{run.exp_uri}: stage {name} ran with other inputs (its trial configuration or "
                             "search space changed since); start a new experiment (another `experiment:` name)")
-        return
-    space = search_space(spec, cell.variant)
-    label = f"{spec.experiment}.{cell.name}"
+        return None
     total = tune_trials(spec, cell.variant)
-    size = run.bundle_size(name, cell, total)
-    bundled = size > 1
-    n_trials = math.ceil(total / size)
+    return TuneCell(cell, name, f"{spec.experiment}.{cell.name}", inputs, search_space(spec, cell.variant), total,
+                    run.bundle_size(name, cell, total))
+
+
+def run_tune_cells(run: Run, group: list[TuneCell]) -> None:
+    """One Tuner over the Optuna searches of `group` (one cell, or several bundled ones: a CellsSearch),
+    then each cell's trials settled and the cell marked done."""
+    from ray import tune
+
+    spec = run.spec
+    if len(group) == 1:
+        name, label = group[0].name, group[0].label
+    else:
+        name = f"tune-{inputs_hash(sorted(tc.cell.name for tc in group))[:8]}"
+        label = f"{spec.experiment}.{name}"
+    bundled = group[0].bundled
+
+    def config_of(tc: TuneCell) -> dict:
+        meta = run.meta("tune", tc.cell)
+        if tc.bundled:
+            meta.update(cell=tc.cell.name, bundle_mode=spec.bundle.mode, rungs=rungs_for(run, tc.cell))
+        return {"trial": tune_trial_base(spec, tc.cell).to_dict(), "meta": meta}
 
     def make():
-        meta = run.meta("tune", cell)
-        if bundled:
-            meta.update(cell=cell.name, bundle_mode=spec.bundle.mode, rungs=rungs_for(run, cell))
-        tune_config = tune.TuneConfig(
-            search_alg=(make_bundle_searcher(space, size, total, spec.search.sampler_seed, label, cell.name,
-                                             spec.max_concurrent) if bundled else
-                        make_searcher(space, spec.search.sampler_seed, label, spec.max_concurrent)),
-            scheduler=None if bundled else tuners.scheduler(spec, cell), metric="val_loss", mode="min",
-            num_samples=n_trials, reuse_actors=True)
-        return tuners.new_tuner(spec, run.exp_uri, name,
-                                {"trial": tune_trial_base(spec, cell).to_dict(), "meta": meta}, tune_config, bundled)
+        if len(group) > 1:
+            from .bundle_search import CellsSearch
 
-    grid = grid_size(space)
-    what = (f"the grid of {', '.join(f'{k} {list(r.choices)}' for k, r in space.items())}" if grid else
-            ', '.join(f"{k} {list(r.choices)}" if r.grid else k for k, r in space.items()))
-    console.print(f"[bold]{name}[/]: Optuna over {what} ({total} trials"
-                  + (f" in {plural(n_trials, 'bundle')} of up to {size}" if bundled else "") + ", meta-validation tasks)")
-    if bundled and spec.scheduler.type == "asha":
-        rungs_for(run, cell, create=True)
-    with running_study(run.exp_uri, label), tuners.located(run.exp_uri, label):
-        trials = fit(tuner_for(run, name, make, "tune", [cell], bundled), n_trials, name)
-    settle(run, "tune", trials, {cell})
-    fail_if_all_errored(run.exp_uri, "tune", [cell], name)
-    run.manifest["cells"][name] = "done"
-    run.manifest.setdefault("inputs", {})[name] = inputs
+            search = RelocatableSearch(CellsSearch({tc.cell.name: bundle_search_for(run, tc) for tc in group},
+                                                   {tc.cell.name: config_of(tc) for tc in group}, label),
+                                       spec.max_concurrent)
+            param_space = {}
+        else:
+            (tc,) = group
+            search = (RelocatableSearch(bundle_search_for(run, tc), spec.max_concurrent) if tc.bundled else
+                      make_searcher(tc.space, spec.search.sampler_seed, tc.label, spec.max_concurrent))
+            param_space = config_of(tc)
+        tune_config = tune.TuneConfig(search_alg=search, scheduler=None if bundled else tuners.scheduler(spec, group[0].cell),
+                                      metric="val_loss", mode="min", num_samples=sum(tc.n_trials for tc in group),
+                                      reuse_actors=True)
+        return tuners.new_tuner(spec, run.exp_uri, name, param_space, tune_config, bundled)
+
+    for tc in group:
+        what = (f"the grid of {', '.join(f'{k} {list(r.choices)}' for k, r in tc.space.items())}"
+                if grid_size(tc.space) else
+                ', '.join(f"{k} {list(r.choices)}" if r.grid else k for k, r in tc.space.items()))
+        console.print(f"[bold]{tc.name}[/]: Optuna over {what} ({tc.total} trials"
+                      + (f" in {plural(tc.n_trials, 'bundle')} of up to {tc.size}" if tc.bundled else "")
+                      + ", meta-validation tasks)")
+        if tc.bundled and spec.scheduler.type == "asha":
+            rungs_for(run, tc.cell, create=True)
+    if len(group) > 1:
+        console.print(f"[bold]{name}[/]: these {len(group)} cells in one Tuner")
+    with contextlib.ExitStack() as stack:
+        for tc in group:
+            stack.enter_context(running_study(run.exp_uri, tc.label))
+            stack.enter_context(tuners.located(run.exp_uri, tc.label))
+        stack.enter_context(tuners.located(run.exp_uri, label))
+        trials = fit(tuner_for(run, name, make, "tune", [tc.cell for tc in group], bundled),
+                     sum(tc.n_trials for tc in group), name)
+    settle(run, "tune", trials, {tc.cell for tc in group})
+    for tc in group:
+        fail_if_all_errored(run.exp_uri, "tune", [tc.cell], tc.name)
+    for tc in group:
+        run.manifest["cells"][tc.name] = "done"
+        run.manifest.setdefault("inputs", {})[tc.name] = tc.inputs
+    write_manifest(run.exp_uri, run.manifest)
 
 
 def plural(n: int, word: str) -> str:
@@ -143,16 +215,14 @@ def rungs_for(run: Run, cell: Cell, create: bool = False) -> str | None:
     return name
 
 
-def make_bundle_searcher(space: dict, size: int, total: int, sampler_seed: int, label: str, cell: str,
-                         max_concurrent: int):
-    """The tune stage's searcher in bundles (sweeps.bundle_search), at most `max_concurrent` bundles at once."""
+def bundle_search_for(run: Run, tc: TuneCell):
+    """A bundled tune cell's searcher (sweeps.bundle_search): its study labelled as the cell's."""
     from .bundle_search import BundleSearch
-    from .searcher import RelocatableSearch
     from .study import distributions, make_sampler
 
-    searcher = BundleSearch(distributions(space), size, total, study_name=label, sampler_seed=sampler_seed,
-                            stage="tune", cell=cell, sampler=make_sampler(space, sampler_seed, constant_liar=True))
-    return RelocatableSearch(searcher, max_concurrent)
+    seed = run.spec.search.sampler_seed
+    return BundleSearch(distributions(tc.space), tc.size, tc.total, study_name=tc.label, sampler_seed=seed,
+                        stage="tune", cell=tc.cell.name, sampler=make_sampler(tc.space, seed, constant_liar=True))
 
 
 # ------------------------------------------------------------------------------------------ fixed

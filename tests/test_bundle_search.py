@@ -7,7 +7,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from metasweep.sweeps.bundle_search import BundleSearch, Rungs, member_id, members_of_result
+from metasweep.sweeps.bundle_search import BundleSearch, CellsSearch, Rungs, member_id, members_of_result
 
 
 def search(tmp_path, total=5, size=2):
@@ -60,6 +60,33 @@ def test_the_searcher_survives_pickling_and_a_second_tell(tmp_path):
     done = {member_id("tune", "maml-k10", n): {"status": "completed", "val_loss": 1.0} for n in x["numbers"]}
     s.on_trial_complete("t1", {"members": done})
     restored.on_trial_complete("t1", {"members": done})  # after a driver restart: already told, not an error
+
+
+def test_cells_search_asks_cell_after_cell_and_tells_each_cells_own_study(tmp_path):
+    """Several tune cells in one Tuner: bundles of the first cell, then of the next, each suggestion
+    carrying its cell's config; a result reaches the study of the cell that asked, also after the
+    searcher was saved and restored (as Tune does)."""
+    a = BundleSearch({"alpha": (1e-3, 1.0, True)}, 2, 3, study_name="e.a", sampler_seed=0, stage="tune", cell="a")
+    b = BundleSearch({"beta": (1e-4, 1e-2, True)}, 2, 2, study_name="e.b", sampler_seed=0, stage="tune", cell="b")
+    s = CellsSearch({"a": a, "b": b}, {"a": {"meta": {"cell": "a"}}, "b": {"meta": {"cell": "b"}}}, "e.tune")
+    got = [s.suggest(f"t{i}") for i in range(1, 4)]
+    assert [g["meta"]["cell"] for g in got] == ["a", "a", "b"]
+    assert [len(g["hps"]) for g in got] == [2, 1, 2] and set(got[2]["hps"][0]) == {"beta"}
+    assert s.suggest("t4") == CellsSearch.FINISHED
+    path = tmp_path / "searcher.pkl"
+    s.save(str(path))
+    restored = CellsSearch({}, {}, "")
+    restored.restore(str(path))
+    assert restored.label == "e.tune" and restored.owner == {"t1": "a", "t2": "a", "t3": "b"}
+    for searcher in (s, restored):
+        searcher.on_trial_complete("t3", {"members": {member_id("tune", "b", n): {"status": "completed",
+                                                                                  "val_loss": 0.5 + n}
+                                                      for n in got[2]["numbers"]}})
+        searcher.on_trial_complete("t1", error=True)
+        assert [t.state for t in searcher.searches["b"].study.trials] == [TrialState.COMPLETE] * 2
+        assert [t.value for t in searcher.searches["b"].study.trials] == [0.5, 1.5]
+        assert [t.state for t in searcher.searches["a"].study.trials] == [TrialState.FAIL] * 2 + [TrialState.RUNNING]
+        assert searcher.owner == {"t2": "a"}
 
 
 def test_rungs_stop_members_as_ashas_trials():
