@@ -166,7 +166,8 @@ def run_tune_cells(run: Run, group: list[TuneCell]) -> None:
         tune_config = tune.TuneConfig(search_alg=search, scheduler=None if bundled else tuners.scheduler(spec, group[0].cell),
                                       metric="val_loss", mode="min", num_samples=sum(tc.n_trials for tc in group),
                                       reuse_actors=True)
-        return tuners.new_tuner(spec, run.exp_uri, name, param_space, tune_config, bundled)
+        return tuners.new_tuner(spec, run.exp_uri, name, param_space, tune_config, bundled,
+                                progress="tune" if len(group) > 1 else None)
 
     for tc in group:
         what = (f"the grid of {', '.join(f'{k} {list(r.choices)}' for k, r in tc.space.items())}"
@@ -178,7 +179,7 @@ def run_tune_cells(run: Run, group: list[TuneCell]) -> None:
         if tc.bundled and spec.scheduler.type == "asha":
             rungs_for(run, tc.cell, create=True)
     if len(group) > 1:
-        console.print(f"[bold]{name}[/]: these {len(group)} cells in one Tuner")
+        console.print(f"[bold]tune[/]: the {len(group)} cells above in one Tuner (Ray Tune's state: ray/{name})")
     with contextlib.ExitStack() as stack:
         for tc in group:
             stack.enter_context(running_study(run.exp_uri, tc.label))

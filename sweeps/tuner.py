@@ -60,7 +60,8 @@ def trainable(spec: Spec, exp_uri: str, bundled: bool = False):
     return tune.with_resources(fn, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
 
 
-def run_config(spec: Spec, exp_uri: str, name: str):
+def run_config(spec: Spec, exp_uri: str, name: str, progress: str | None = None):
+    """Tune's run config of the Tuner `name`; `progress`: the label of its lines of progress (its name)."""
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
 
@@ -72,7 +73,7 @@ def run_config(spec: Spec, exp_uri: str, name: str):
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         verbose=0,
-        callbacks=[TrialProgress(name), JsonLoggerCallback()],  # result.json: ResultGrid reads it
+        callbacks=[TrialProgress(progress or name), JsonLoggerCallback()],  # result.json: ResultGrid reads it
     )
 
 
@@ -104,8 +105,9 @@ def restore(spec: Spec, exp_uri: str, name: str, bundled: bool = False):
                               storage_filesystem=fs)
 
 
-def new_tuner(spec: Spec, exp_uri: str, name: str, param_space: dict, tune_config, bundled: bool = False):
+def new_tuner(spec: Spec, exp_uri: str, name: str, param_space: dict, tune_config, bundled: bool = False,
+              progress: str | None = None):
     from ray import tune
 
     return tune.Tuner(trainable(spec, exp_uri, bundled), param_space=param_space, tune_config=tune_config,
-                      run_config=run_config(spec, exp_uri, name))
+                      run_config=run_config(spec, exp_uri, name, progress))

@@ -111,7 +111,8 @@ def test_tune_cells_in_one_tuner_write_the_rows_and_studies_of_one_tuner_per_cel
     finally:
         ray.shutdown()
     err = capsys.readouterr().err
-    assert err.count("these 2 cells in one Tuner") == 1
+    assert err.count("tune: the 2 cells above in one Tuner (Ray Tune's state: ray/tune-") == 1
+    assert "  [tune] tune-mt-net-k10-n0002 completed" in err
     a, b = (read_dataset(uris[n]) for n in ("separate", "together"))
     ta, tb = (rows(d, "trials", ["trial_id"]).to_pylist() for d in (a, b))
     assert [t["trial_id"] for t in ta] == [t["trial_id"] for t in tb] and len(ta) == 6
