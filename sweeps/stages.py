@@ -188,12 +188,18 @@ def run_tune_cells(run: Run, group: list[TuneCell]) -> None:
         trials = fit(tuner_for(run, name, make, "tune", [tc.cell for tc in group], bundled),
                      sum(tc.n_trials for tc in group), name)
     settle(run, "tune", trials, {tc.cell for tc in group})
-    for tc in group:
-        fail_if_all_errored(run.exp_uri, "tune", [tc.cell], tc.name)
-    for tc in group:
+    failed = []
+    for tc in group:  # a cell whose every trial errored fails the sweep; the others are done all the same
+        try:
+            fail_if_all_errored(run.exp_uri, "tune", [tc.cell], tc.name)
+        except StageFailed as e:
+            failed.append(e)
+            continue
         run.manifest["cells"][tc.name] = "done"
         run.manifest.setdefault("inputs", {})[tc.name] = tc.inputs
     write_manifest(run.exp_uri, run.manifest)
+    if failed:
+        raise StageFailed("\n".join(str(e) for e in failed))
 
 
 def plural(n: int, word: str) -> str:
