@@ -124,8 +124,8 @@ def adapt(params: Params, x_support: torch.Tensor, y_support: torch.Tensor, *, m
     closed_form = None
     if batched:
         outer = torch.is_grad_enabled() and any(params[n].requires_grad for n in params)
-        if loss_fn in PER_TASK_GRAD:
-            closed_form = getattr(model, "task_gradients", None)
+        if loss_fn in PER_TASK_GRAD and getattr(type(model), "task_gradients", None) is not None:
+            closed_form = model.task_gradients  # the model's class's own (not a wrapper's delegation)
     if closed_form is not None:
         # backpropagation written out by the model (core.cells): a shared parameter stays one tensor
         # (its first-step product covers every task's points at once) and the meta-gradient needs no

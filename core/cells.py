@@ -35,6 +35,13 @@ class DenseNet:
     sizes: tuple[int, ...] = (1, 40, 40, 1)
     init_std: float = 1e-2
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # the written-out backpropagation is this class's forward pass's: a subclass with a forward pass
+        # of its own (another activation, say) and no task_gradients of its own is left to autograd
+        if "forward" in cls.__dict__ and "task_gradients" not in cls.__dict__:
+            cls.task_gradients = None
+
     @property
     def n_cells(self) -> int:
         return len(self.sizes) - 1

@@ -382,6 +382,47 @@ def model_shape(p, shared):
     return p.shape if shared else p.shape[1:]
 
 
+class TanhNet(DenseNet):
+    """A dense net with its own forward pass (tanh): the written-out ReLU backprop is not its gradient."""
+
+    def forward(self, p, x, upto=None):
+        h = x
+        for l in range(self.n_cells if upto is None else upto):
+            h = h @ p[f"c{l}.W"].transpose(-1, -2) + p[f"c{l}.b"].unsqueeze(-2)
+            if l != self.n_cells - 1:
+                h = torch.tanh(h)
+        return h
+
+
+class Wrapped:
+    """A model that hands every attribute but its forward pass to a dense net (like a recording wrapper)."""
+
+    def __init__(self):
+        self.net = DenseNet((1, 4, 3, 1), init_std=0.5)
+
+    def __getattr__(self, name):
+        return getattr(self.net, name)
+
+    def forward(self, p, x, upto=None):
+        return 2.0 * self.net.forward(p, x, upto)
+
+
+@pytest.mark.parametrize("model", [TanhNet((1, 4, 3, 1), init_std=0.5), Wrapped()], ids=["subclass", "wrapper"])
+def test_a_model_with_another_forward_pass_is_differentiated_by_autograd(float64, model):
+    """The batched engine's written-out gradient is only for DenseNet's own forward pass: a subclass
+    that brings its own forward pass (and no task_gradients), or a wrapper delegating attributes to a
+    DenseNet, gets the meta-gradient autograd gives - the loop engine's."""
+    setup = Setup(Sine(), get_variant("maml"), HParams(meta_batch=3), model=model, train_shots=4, queries=3, dtype=D)
+    g = torch.Generator().manual_seed(1)
+    params = randomize(init_state(setup, 1).params, g)
+    batch = setup.family.sample(g, 3, 4, 3).to(dtype=D)
+    noise = sample_noise(params, setup, g, 3, 1)
+    loop, _ = meta_gradient(params, batch, noise, setup, engine="loop")
+    batched, _ = meta_gradient(params, batch, noise, setup, engine="batched")
+    for k in params:
+        torch.testing.assert_close(batched[k], loop[k], atol=1e-10, rtol=1e-8, msg=k)
+
+
 def test_dense_net_forward_is_the_same_for_shared_and_per_task_weights(float64):
     """cell_output's three forms (addmm for shared W, baddbmm for per-task W, broadcast otherwise)
     compute T (W h + b)."""
