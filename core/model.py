@@ -8,6 +8,8 @@ cell's affine map when present).
 
 Implementations: `core.cells.DenseNet` (the 1-40-40-1 regression net), `core.conv.ConvNet` (the
 authors' few-shot CNN). A sequence model for black-box learners satisfies the same protocol.
+Optional: `task_gradients(params, x, y, loss_grad, names)`, every task's inner gradient written out
+(DenseNet's; core.adapt uses it in the batched engine, autograd otherwise).
 """
 
 from __future__ import annotations
