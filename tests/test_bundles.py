@@ -266,3 +266,37 @@ def test_callbacks_name_members_that_differ_only_in_their_seed():
     train_bundle(members, STEPS, report_every=REPORT, val_tasks=4, on_report=lambda i, m, row: seen.append(
         (i, m.state.seed)))
     assert seen == [(0, 0), (1, 1), (2, 2)] * 2
+
+
+def test_members_adams_stepped_together_equal_each_stepped_alone():
+    """core.bundle.step_optimizers: fused Adams with the same settings step in one call, bit for bit
+    what each gives alone - over steps, with two step sizes in the bundle, from a first step (state
+    not made yet) on; an SGD (Reptile's) steps on its own."""
+    from metasweep.core.bundle import step_optimizers
+
+    g = torch.Generator().manual_seed(0)
+
+    def make(lr, sgd=False):
+        ps = [torch.randn(s, generator=g).requires_grad_(True) for s in ((40, 1), (40,), (40, 40), (1, 40))]
+        return (torch.optim.SGD(ps, lr=lr) if sgd else torch.optim.Adam(ps, lr=lr, fused=True)), ps
+
+    made = [make(lr) for lr in (1e-3, 1e-3, 3e-3, 1e-3)] + [make(0.1, sgd=True)]
+    twins = []
+    for opt, ps in made:
+        copies = [p.detach().clone().requires_grad_(True) for p in ps]
+        twins.append(((type(opt))(copies, **{k: opt.defaults[k] for k in ("lr",)},
+                                  **({"fused": True} if isinstance(opt, torch.optim.Adam) else {})), copies))
+    for _ in range(3):
+        for (_, ps), (_, cs) in zip(made, twins):
+            for p, c in zip(ps, cs):
+                p.grad = torch.randn(p.shape, generator=g)
+                c.grad = p.grad.clone()
+        step_optimizers([opt for opt, _ in made])
+        for opt, _ in twins:
+            opt.step()
+        for (opt, ps), (twin, cs) in zip(made, twins):
+            for p, c in zip(ps, cs):
+                assert torch.equal(p, c)
+                if isinstance(opt, torch.optim.Adam):
+                    for k in ("exp_avg", "exp_avg_sq", "step"):
+                        assert torch.equal(opt.state[p][k], twin.state[c][k]), k
