@@ -114,8 +114,8 @@ def adapt(params: Params, x_support: torch.Tensor, y_support: torch.Tensor, *, m
     the adapted parameters are expanded to [tasks, ...], and one `torch.autograd.grad` of the summed
     per-task losses gives every task's own gradient at once (tasks are independent) - the same math
     with far fewer dispatches; a model that writes its backpropagation out (`model.task_gradients`,
-    the dense net, for losses in core.losses.PER_TASK_GRAD) gives those gradients without the
-    expanded copies or autograd's double-backward graph. Second order unless the variant is first order. `frozen` cells are
+    the dense net, for losses in core.losses.PER_TASK_GRAD) gives those gradients without autograd's
+    double-backward graph. Second order unless the variant is first order. `frozen` cells are
     left out of the inner loop (the freezing study). `task_params` (batched only): every parameter
     already has the task dimension, and alpha / temperature may be one value per task (a bundle of
     trials folded into the task dimension, core.bundle)."""
@@ -127,12 +127,11 @@ def adapt(params: Params, x_support: torch.Tensor, y_support: torch.Tensor, *, m
         if loss_fn in PER_TASK_GRAD and getattr(type(model), "task_gradients", None) is not None:
             closed_form = model.task_gradients  # the model's class's own (not a wrapper's delegation)
     if closed_form is not None:
-        # backpropagation written out by the model (core.cells): a shared parameter stays one tensor
-        # (its first-step product covers every task's points at once) and the meta-gradient needs no
-        # double-backward graph; the same values as the autograd form below
-        # expanded to [tasks, ...] as the autograd form does: one product per task from the first step
-        # (a shared W's one product over all points measured 3-5 % faster, but rounds differently from
-        # a bundle's members, whose W are per task - and one rounding apart can cross a ReLU's kink)
+        # backpropagation written out by the model (core.cells): the same values as the autograd form
+        # below, and the meta-gradient needs no double-backward graph. The adapted parameters are
+        # expanded to [tasks, ...] as there: one product per task from the first step (a shared W's
+        # one product over all points measured 3-5 % faster, but rounds differently from a bundle's
+        # members, whose W are per task - and one rounding apart can cross a ReLU's kink)
         fast = {n: params[n] if task_params else params[n].expand(x_support.shape[0], *params[n].shape) for n in names}
 
         def inner_grad(sub: Params) -> Params:

@@ -81,7 +81,8 @@ class DenseNet:
         The same values as autograd of the summed per-task losses w.r.t. task-expanded parameters
         (tests/test_core_math.py), in ordinary differentiable ops: autograd of the result is MAML's
         second-order term without a double-backward graph, and a parameter every task shares (T, ANIL's
-        body) is one matrix product over all tasks' points. ReLU' is 1 where the ReLU's output is > 0 (torch's convention)."""
+        body) is one matrix product over all tasks' points. ReLU' is 1 where the ReLU's output is > 0
+        (torch's convention)."""
         if not names:
             return {}
         inputs = [x]  # each cell's input h

@@ -163,9 +163,9 @@ def run_tune_cells(run: Run, group: list[TuneCell]) -> None:
             search = (RelocatableSearch(bundle_search_for(run, tc), spec.max_concurrent) if tc.bundled else
                       make_searcher(tc.space, spec.search.sampler_seed, tc.label, spec.max_concurrent))
             param_space = config_of(tc)
-        tune_config = tune.TuneConfig(search_alg=search, scheduler=None if bundled else tuners.scheduler(spec, group[0].cell),
-                                      metric="val_loss", mode="min", num_samples=sum(tc.n_trials for tc in group),
-                                      reuse_actors=True)
+        scheduler = None if bundled else tuners.scheduler(spec, group[0].cell)  # unbundled: one cell a Tuner
+        tune_config = tune.TuneConfig(search_alg=search, scheduler=scheduler, metric="val_loss", mode="min",
+                                      num_samples=sum(tc.n_trials for tc in group), reuse_actors=True)
         return tuners.new_tuner(spec, run.exp_uri, name, param_space, tune_config, bundled,
                                 progress="tune" if len(group) > 1 else None)
 
