@@ -150,6 +150,15 @@ def _cells(m: EvalMatrices, rows: list[str]) -> tuple[dict, dict, list[str]]:
     return cells, per_task, notes
 
 
+def require_baseline(r: Ranking, baseline: str, where: str = "") -> None:
+    """ValueError unless `baseline` is one of the ranking's variants: for a baseline the user named
+    (the default, maml, is only compared with where present, with a note otherwise)."""
+    variants = sorted(set(r.row_variant.values()))
+    if baseline not in variants:
+        raise ValueError(f"--baseline {baseline}: not a variant of stage {r.stage}{' of ' + where if where else ''} "
+                         f"(its variants: {', '.join(variants)})")
+
+
 def baseline_rows(rows: list[str], row_variant: dict[str, str], row_config: dict[str, dict],
                   row_point: dict[str, dict], baseline: str | None) -> dict[str, str | None]:
     """Each row's baseline row: the one row of the baseline variant at the same grid point - sharing

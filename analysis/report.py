@@ -11,7 +11,7 @@ import yaml
 
 from .evaldata import load_matrices, stage_trials
 from .metrics import get_metric
-from .ranking import compute_ranking
+from .ranking import compute_ranking, require_baseline
 from .render import render
 from .store import read_text, read_trials
 
@@ -98,9 +98,12 @@ def tune_table(trials: list[dict]) -> list[str]:
     return out + [""]
 
 
-def experiment_report(exp_uri: str, *, metric: str = "loss", stage: str | None = None, baseline: str = "maml",
+def experiment_report(exp_uri: str, *, metric: str = "loss", stage: str | None = None, baseline: str | None = None,
                       command: str | None = None) -> str:
-    """The report (Markdown) of the experiment at `exp_uri`. ValueError naming what is missing."""
+    """The report (Markdown) of the experiment at `exp_uri`; paired tests against `baseline` (a variant
+    of the stage: ValueError otherwise), or against maml where there is one. ValueError naming what is
+    missing."""
+    named, baseline = baseline is not None, baseline or "maml"
     get_metric(metric)
     spec_text = read_text(exp_uri, "spec.yaml") or ""
     spec = yaml.safe_load(spec_text) if spec_text else {}
@@ -117,6 +120,8 @@ def experiment_report(exp_uri: str, *, metric: str = "loss", stage: str | None =
     # the first ranking is computed unguarded: a stage, metric or dataset it cannot rank is the
     # command's error (ValueError naming it), not a report of error notes
     first = compute_ranking(exp_uri, metric=metric, stage=stage, inner_steps=None, baseline=baseline)
+    if named:
+        require_baseline(first, baseline, exp_uri)
     ranked = [first.inner_steps]
     sections = {first.inner_steps: first}
     for k in steps:

@@ -244,19 +244,23 @@ def rank(
     metric: str = typer.Option("loss", help="loss | accuracy | return (reinforcement learning; higher is better)"),
     stage: str | None = typer.Option(None, help="test | tune | grid | single (default: test if present)"),
     inner_steps: int | None = typer.Option(None, help="evaluation inner steps (default: smallest > 0)"),
-    baseline: str = typer.Option("maml", help="variant the paired tests compare against"),
+    baseline: str | None = typer.Option(None, help="variant the paired tests compare against (default: maml, "
+                                                  "where the stage has it)"),
     fmt: str = typer.Option("text", "--format", help="text | markdown | latex | csv"),
 ):
     """The paper-style table: variants x settings, mean ± 95% CI, best and ties marked, average
     rank, Friedman test, and paired tests against the baseline on shared tasks."""
-    from metasweep.analysis.ranking import compute_ranking
+    from metasweep.analysis.ranking import compute_ranking, require_baseline
     from metasweep.analysis.render import FORMATS, print_ranking, render
 
     metric_error(metric)
     if fmt not in FORMATS:
         fail(f"--format: must be {', '.join(FORMATS[:-1])} or {FORMATS[-1]} (got {fmt!r})")
     with dataset_errors():
-        r = compute_ranking(experiment, metric=metric, stage=stage, inner_steps=inner_steps, baseline=baseline)
+        r = compute_ranking(experiment, metric=metric, stage=stage, inner_steps=inner_steps,
+                            baseline=baseline or "maml")
+        if baseline is not None:
+            require_baseline(r, baseline, experiment)
     if fmt == "text":
         print_ranking(r, out)
     else:
@@ -269,7 +273,8 @@ def report(
     output: Path | None = typer.Option(None, "-o", "--output", help="write the report to this .md file"),
     metric: str = typer.Option("loss", help="loss | accuracy | return (reinforcement learning; higher is better)"),
     stage: str | None = typer.Option(None, help="test | tune | grid | single (default: test if present)"),
-    baseline: str = typer.Option("maml", help="variant the paired tests compare against"),
+    baseline: str | None = typer.Option(None, help="variant the paired tests compare against (default: maml, "
+                                                  "where the stage has it)"),
     command: str | None = typer.Option(None, help="the command that ran the experiment, quoted in the report"),
 ):
     """The experiment's report (Markdown): trials, wall time and code versions, the ranking with paired

@@ -124,6 +124,16 @@ def test_rank_and_plot_take_the_return_metric_on_the_command_line(rl_ds, tmp_pat
     assert png.stat().st_size > 10_000
     rep = cli("report", rl_ds, "--metric", "return", "--baseline", "maml-trpo")
     assert rep.returncode == 0, rep.stderr
+    # a baseline the user names must be a variant of the stage (the default, maml, only where present)
+    for command in ("rank", "report"):
+        for name in ("maml", "anil"):  # the default's name given explicitly; a near miss
+            wrong = cli(command, rl_ds, "--metric", "return", "--baseline", name)
+            assert wrong.returncode == 2 and "Traceback" not in wrong.stderr, wrong.stderr[-2000:]
+            assert wrong.stderr.strip().startswith(f"error: --baseline {name}: not a variant of stage test of ")
+            assert wrong.stderr.strip().endswith("(its variants: anil-trpo, fomaml-trpo, maml-trpo)")
+        default = cli(command, rl_ds, "--metric", "return")
+        assert default.returncode == 0, default.stderr
+        assert "baseline 'maml' is not in this stage" in default.stdout
     section = rep.stdout.split("## Per seed")[1]
     assert "Each seed's mean return" in section and "| anil-trpo |" in section
     assert "higher is better" in rep.stdout.split("## Per seed")[0]
