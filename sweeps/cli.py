@@ -165,6 +165,47 @@ def sweep(
         _print_rank(exp_uri)
 
 
+@app.command()
+def check(
+    spec: Path = typer.Argument(..., help="spec file (YAML)"),
+    storage: str | None = typer.Option(None, help="as for sweep: overrides the spec's storage"),
+    stage: str = typer.Option("all", help="tune | test | all"),
+    slots: int | None = typer.Option(None, help="trials that run at once (default: this machine's CPUs over a "
+                                                "trial's, at most max_concurrent): sets the auto bundle size"),
+):
+    """Check a spec without running it: every field, data folder and size constraint, as `sweep` checks
+    before its first trial (exit 2 naming the field), then what it would run - stages, cells, trials,
+    bundles, meta-steps - and where. Starts no Ray, writes nothing."""
+    from rich.table import Table
+
+    from .run import check as run_check
+
+    if stage not in ("tune", "test", "all"):
+        fail(f"--stage: must be tune, test or all (got {stage!r})")
+    if slots is not None and slots < 1:
+        fail(f"--slots: must be at least 1 (got {slots})")
+    plan = driven(lambda: run_check(str(spec), storage=storage, stage=stage, slots=slots), "")
+    table = Table(title=f"{spec}: what `metasweep sweep` would run ({plan['slots']} at once)")
+    for col in ("stage", "cell", "trials", "bundles (members each)", "meta-steps a trial"):
+        table.add_column(col, justify="left" if col in ("stage", "cell") else "right")
+    for r in plan["stages"]:
+        parts = r["bundles"]
+        bundles = " + ".join(map(str, parts)) if max(parts) > 1 else "none (a trial each)"
+        table.add_row(r["stage"], r["cell"], str(r["trials"]), bundles, str(r["meta_steps"]))
+    out.print(table)
+    total = sum(r["trials"] * r["meta_steps"] for r in plan["stages"])
+    out.print(f"{sum(r['trials'] for r in plan['stages'])} trials, {total:,} meta-steps in all; test trials "
+              "use each cell's tuned configuration" if any(r["stage"] == "test" for r in plan["stages"]) and
+              any(r["stage"] == "tune" for r in plan["stages"]) else
+              f"{sum(r['trials'] for r in plan['stages'])} trials, {total:,} meta-steps in all")
+    where = {"new": "a new experiment", "continues": "continues the experiment there (the same spec)",
+             "conflicts": "an experiment there has a different spec: `sweep` would refuse it (rename the "
+                          "experiment, or `metasweep resume` the one there)"}[plan["state"]]
+    out.print(f"results: {plan['experiment']} ({where})")
+    if plan["state"] == "conflicts":
+        raise typer.Exit(2)
+
+
 def driven(call, resume_hint: str) -> str:
     """A sweep or resume as a command: bad input exits 2 (one line); a stage without a result exits 1
     with its summary; an interrupted one 130, with how to continue. Rows written are kept in every case."""

@@ -49,6 +49,62 @@ def sweep(spec_path: str, address: str | None = None, storage: str | None = None
     return exp_uri
 
 
+def check(spec_path: str, storage: str | None = None, stage: str = "all", slots: int | None = None) -> dict:
+    """What `sweep` would run, checked as it checks before its first trial (the spec, every data
+    folder, every size constraint: UserError naming the field), without starting Ray or writing
+    anything: {"experiment": where it goes, "state": new / continues / conflicts, "slots": trials at
+    once, "stages": [{"stage", "cell", "trials", "bundles" (members of each; 1s: no bundles),
+    "meta_steps"}, ...]}.
+    Bundle sizes are those of `slots` (default: this machine's CPUs over a trial's, at most
+    max_concurrent); a cluster with other slots bundles differently."""
+    from .bundle_trial import bundle_groups
+    from .plan import bundle_size, tune_trials
+
+    spec, text, _ = load_spec(spec_path)
+    exp_uri = experiment_uri(storage or spec.storage, spec.experiment)
+    try:
+        preflight(spec, planned(spec, stage))
+    except ConfigError as e:
+        raise UserError(format_error(e, lambda loc: f"spec {spec_path}, field {dotted(loc)}")) from None
+    existing = read_text(exp_uri, "spec.yaml")
+    state = "new" if existing is None else ("continues" if existing == text else "conflicts")
+    if slots is None:
+        fits = (os.cpu_count() or 1) / spec.resources.cpu
+        slots = max(1, min(spec.max_concurrent, int(fits + 1e-9)))
+    rows = []
+
+    def add(stage_name: str, cell, cfgs: list, members: int) -> None:
+        # sized as the stages size them (sweeps.stages: a tune cell by its own trials, a test or grid
+        # cell by its stage's) and grouped as they group them (bundle_groups; the tune stage's search
+        # asks a bundle's worth at a time)
+        size = bundle_size(spec, cell, members=members, slots=slots)
+        parts = ([len(g) for g in bundle_groups(cfgs, size)] if stage_name != "tune" else
+                 [min(size, len(cfgs) - i) for i in range(0, len(cfgs), size)])
+        rows.append({"stage": stage_name, "cell": cell.name, "trials": len(cfgs), "bundles": parts,
+                     "meta_steps": cfgs[0].meta_steps})
+
+    def by_cell(configs):
+        out: dict = {}
+        for cell, cfg in configs:
+            out.setdefault(cell, []).append(cfg)
+        return out
+
+    if spec.mode == "grid":
+        configs = grid_trial_configs(spec)
+        for cell, cfgs in by_cell(configs).items():
+            add("grid", cell, cfgs, len(configs))
+    else:
+        if stage in ("tune", "all"):
+            for cell in cells(spec):
+                add("tune", cell, [tune_trial_base(spec, cell)] * tune_trials(spec, cell.variant),
+                    tune_trials(spec, cell.variant))
+        if stage in ("test", "all"):
+            configs = stage_test_configs(spec, {})
+            for cell, cfgs in by_cell(configs).items():
+                add("test", cell, cfgs, len(configs))
+    return {"experiment": exp_uri, "state": state, "slots": slots, "stages": rows}
+
+
 def resume(exp_uri: str, address: str | None = None, stage: str = "all") -> str:
     """Continue an experiment wherever it is now (a folder or a URI): its own spec, finished stages
     skipped, unfinished Tuners restored; damaged or foreign dataset files set aside, saying so."""
