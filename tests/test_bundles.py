@@ -269,10 +269,10 @@ def test_callbacks_name_members_that_differ_only_in_their_seed():
 
 
 def test_members_adams_stepped_together_equal_each_stepped_alone():
-    """core.bundle.step_optimizers: fused Adams with the same settings step in one call, bit for bit
+    """core.optim.step_optimizers: fused Adams with the same settings step in one call, bit for bit
     what each gives alone - over steps, with two step sizes in the bundle, from a first step (state
     not made yet) on; an SGD (Reptile's) steps on its own."""
-    from metasweep.core.bundle import step_optimizers
+    from metasweep.core.optim import step_optimizers
 
     g = torch.Generator().manual_seed(0)
 
