@@ -26,7 +26,7 @@ def _cell_text(c: Cell | None, fmt: str) -> str:
     if c is None:
         return "-"
     if c.nonfinite_tasks:
-        return f"diverged ({c.nonfinite_tasks}/{c.n_tasks} tasks)"
+        return f"not finite ({c.nonfinite_tasks}/{c.n_tasks} tasks)"  # the adapted loss; not the status diverged
     digits = 3 if abs(c.mean) < 100 else 1
     text = f"{c.mean:.{digits}f} ± {c.ci95:.{digits}f}"
     if fmt == "markdown":

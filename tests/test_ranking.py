@@ -210,8 +210,8 @@ def test_non_finite_eval_losses_are_diverged_cells_ranked_last(shift_ds):
 
     buf = io.StringIO()
     print_ranking(r, Console(file=buf, width=200))
-    assert "diverged (7/200 tasks)" in buf.getvalue()
-    assert "diverged (7/200 tasks)" in render(r, "markdown")
+    assert "not finite (7/200 tasks)" in buf.getvalue()
+    assert "not finite (7/200 tasks)" in render(r, "markdown")
 
 
 def test_accuracy_on_a_regression_dataset_is_a_clear_error(shift_ds):
@@ -374,7 +374,7 @@ def test_rank_cli(shift_ds):
     assert "paired tests against maml" in r.stdout and "t-net" in r.stdout
     assert "maml: 1 diverged of 4 trials" in r.stdout
     r = metasweep("rank", root, "--format", "markdown", "--inner-steps", "5")
-    assert r.returncode == 0 and "diverged (7/200 tasks)" in r.stdout
+    assert r.returncode == 0 and "not finite (7/200 tasks)" in r.stdout
     r = metasweep("rank", root, "--format", "html")
     assert r.returncode == 2 and r.stderr.strip() == \
         "error: --format: must be text, markdown, latex or csv (got 'html')"
