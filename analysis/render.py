@@ -114,11 +114,14 @@ def caption(r: Ranking) -> str:
 CONFIG_TITLE = "hyper-parameters per (variant, train shots) cell"
 
 
-def render(r: Ranking, fmt: str = "text") -> str | None:
-    """The ranking as Markdown, LaTeX or CSV text (None for "text": print_ranking prints it)."""
+def render(r: Ranking, fmt: str = "text", configs: bool = True) -> str | None:
+    """The ranking as Markdown, LaTeX or CSV text (None for "text": print_ranking prints it);
+    `configs=False` (Markdown): without the hyper-parameter table (a report prints it once)."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be text, markdown, latex or csv (got {fmt!r})")
-    return {"csv": _csv, "markdown": _markdown, "latex": _latex, "text": lambda _: None}[fmt](r)
+    if fmt == "markdown":
+        return _markdown(r, configs)
+    return {"csv": _csv, "latex": _latex, "text": lambda _: None}[fmt](r)
 
 
 def _csv(r: Ranking) -> str:
@@ -144,12 +147,12 @@ def _md_table(header: list[str], body: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(row) + " |" for row in body)]
 
 
-def _markdown(r: Ranking) -> str:
+def _markdown(r: Ranking, configs: bool = True) -> str:
     lines = [*_md_table(*table_rows(r, "markdown")), "", caption(r)]
     pheader, pbody = paired_rows(r)
     if pbody:
         lines += ["", *_md_table(pheader, pbody)]
-    cheader, cbody, common = config_rows(r)
+    cheader, cbody, common = config_rows(r) if configs else ([], [], "")
     if cbody:
         lines += ["", f"{CONFIG_TITLE}:", "", *_md_table(cheader, cbody)]
     if common:

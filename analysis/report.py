@@ -132,11 +132,17 @@ def experiment_report(exp_uri: str, *, metric: str = "loss", stage: str | None =
             ranked.append(k)
         except ValueError as e:
             sections[k] = str(e)
+    configs_shown = False  # every section ranks the same trials: their hyper-parameters are shown once
     for k in sorted(sections):
         r = sections[k]
         title = f"{k} inner step{'s' if k != 1 else ''}"
-        lines += ([f"## Ranking and paired tests ({title})", "", render(r, "markdown"), ""] if not isinstance(r, str)
-                  else [f"## Ranking and paired tests ({title})", "", f"(not ranked: {r})", ""])
+        if isinstance(r, str):
+            lines += [f"## Ranking and paired tests ({title})", "", f"(not ranked: {r})", ""]
+            continue
+        lines += [f"## Ranking and paired tests ({title})", "", render(r, "markdown", configs=not configs_shown), ""]
+        if configs_shown:
+            lines[-1:-1] = ["(Hyper-parameters per cell: as in the first ranking above.)"]
+        configs_shown = True
     k = ranked[0]
     lines += [f"## Per seed ({k} inner step{'s' if k != 1 else ''})", "",
               f"Each seed's mean {metric} over the shared evaluation tasks (the tables above pool these; a seed "

@@ -59,6 +59,10 @@ def test_quickstart_shaped_sweep_writes_every_row_and_prints_a_ranking(tmp_path)
     assert text.startswith("# tiny\n") and "Command: `metasweep sweep tiny`" in text
     assert "Trials: test 6 completed; tune 6 completed" in text and "Wall time: " in text
     assert "## Ranking and paired tests (1 inner step)" in text and "## Ranking and paired tests (5 inner steps)" in text
+    # the hyper-parameters of the ranked cells once, under the first ranking; later sections point to it
+    assert text.count("hyper-parameters per (variant, train shots) cell") == 1
+    assert text.index("hyper-parameters per (variant, train shots) cell") < text.index("(5 inner steps)")
+    assert "(Hyper-parameters per cell: as in the first ranking above.)" in text.split("(5 inner steps)")[1]
     assert "```yaml" in text and "experiment: tiny" in text
     section = text.split("## Per seed (1 inner step)")[1].split("##")[0]
     ev = ds["eval_tasks"].to_pylist()
