@@ -142,6 +142,15 @@ def grid_trial_configs(spec: Spec) -> list[tuple[Cell, TrialConfig]]:
 AUTO_BUNDLE = 8  # members per bundle where bundles pay (bench/bench_bundle.py: 3.1x at 8 MAML sine members)
 
 
+def slots_for(spec: Spec, cpus: float, gpus: float = 0.0) -> int:
+    """How many trials (or bundles) run at once on `cpus` CPUs (and `gpus` GPUs where trials take
+    them): what one takes divides them, at most the spec's `max_concurrent` - what an "auto" bundle
+    size fills."""
+    need = spec.resources
+    fits = [cpus / need.cpu] + ([gpus / need.gpu] if need.gpu else [])
+    return max(1, min(spec.max_concurrent, int(min(fits) + 1e-9)))
+
+
 def bundle_size(spec: Spec, cell: Cell, *, members: int | None = None, slots: int | None = None) -> int:
     """Members per bundle of a cell: the spec's `bundle.size`, or "auto": for learners that fold on the
     dense regression nets on a CPU (where a trial is dispatch-bound and a bundle of 8 runs 1.3-3x the

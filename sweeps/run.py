@@ -58,7 +58,7 @@ def check(spec_path: str, storage: str | None = None, stage: str = "all", slots:
     Bundle sizes are those of `slots` (default: this machine's CPUs over a trial's, at most
     max_concurrent); a cluster with other slots bundles differently."""
     from .bundle_trial import bundle_groups
-    from .plan import bundle_size, tune_trials
+    from .plan import bundle_size, slots_for, tune_trials
 
     spec, text, _ = load_spec(spec_path)
     exp_uri = experiment_uri(storage or spec.storage, spec.experiment)
@@ -69,8 +69,9 @@ def check(spec_path: str, storage: str | None = None, stage: str = "all", slots:
     existing = read_text(exp_uri, "spec.yaml")
     state = "new" if existing is None else ("continues" if existing == text else "conflicts")
     if slots is None:
-        fits = (os.cpu_count() or 1) / spec.resources.cpu
-        slots = max(1, min(spec.max_concurrent, int(fits + 1e-9)))
+        import torch
+
+        slots = slots_for(spec, os.cpu_count() or 1, torch.cuda.device_count())  # this machine, as a local Ray sees it
     rows = []
 
     def add(stage_name: str, cell, cfgs: list, members: int) -> None:

@@ -25,6 +25,7 @@ from .plan import (
     grid_size,
     inputs_hash,
     search_space,
+    slots_for,
     tune_inputs,
     tune_trial_base,
     tune_trials,
@@ -71,9 +72,8 @@ class Run:
         over what one takes, at most the spec's `max_concurrent` - what an "auto" bundle size fills."""
         import ray
 
-        res, need = ray.cluster_resources(), self.spec.resources
-        fits = [res.get("CPU", 1.0) / need.cpu] + ([res.get("GPU", 0.0) / need.gpu] if need.gpu else [])
-        return max(1, min(self.spec.max_concurrent, int(min(fits) + 1e-9)))
+        res = ray.cluster_resources()
+        return slots_for(self.spec, res.get("CPU", 1.0), res.get("GPU", 0.0))
 
 
 # ------------------------------------------------------------------------------------------ tune
