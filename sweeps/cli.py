@@ -193,11 +193,11 @@ def check(
         bundles = " + ".join(map(str, parts)) if max(parts) > 1 else "none (a trial each)"
         table.add_row(r["stage"], r["cell"], str(r["trials"]), bundles, str(r["meta_steps"]))
     out.print(table)
-    total = sum(r["trials"] * r["meta_steps"] for r in plan["stages"])
-    out.print(f"{sum(r['trials'] for r in plan['stages'])} trials, {total:,} meta-steps in all; test trials "
-              "use each cell's tuned configuration" if any(r["stage"] == "test" for r in plan["stages"]) and
-              any(r["stage"] == "tune" for r in plan["stages"]) else
-              f"{sum(r['trials'] for r in plan['stages'])} trials, {total:,} meta-steps in all")
+    trials = sum(r["trials"] for r in plan["stages"])
+    steps = sum(r["trials"] * r["meta_steps"] for r in plan["stages"])
+    stages = {r["stage"] for r in plan["stages"]}
+    out.print(f"{trials} trials, {steps:,} meta-steps in all"
+              + ("; test trials use each cell's tuned configuration" if {"tune", "test"} <= stages else ""))
     where = {"new": "a new experiment", "continues": "continues the experiment there (the same spec)",
              "conflicts": "an experiment there has a different spec: `sweep` would refuse it (rename the "
                           "experiment, or `metasweep resume` the one there)"}[plan["state"]]
