@@ -139,18 +139,35 @@ class BundleSearch(Searcher):
             exporter(self.study)
 
 
+# label of a Tuner running the tune and test stages together -> the driver's function giving a tune
+# cell's test bundles (Tune configs) once the cell's search has ended: set by the driver that runs
+# the Tuner (sweeps.pipeline), never saved with the searcher
+NEXT_STAGE: dict = {}
+
+
 class CellsSearch(Searcher):
     """Several bundled tune cells' searches behind one Ray Tune searcher, so that one Tuner runs them
     all: its actors (and their imports) serve every cell, and a cell's bundles start as soon as slots
     free up instead of after the previous cell's Tuner has ended. `searches`: {cell: BundleSearch},
     asked in order (a cell's bundles first, then the next cell's); `configs`: {cell: the rest of its
     Tune config} ("trial", "meta"), merged into each suggestion. Each cell keeps its own study (told
-    by its own BundleSearch), bundle size and rungs."""
+    by its own BundleSearch), bundle size and rungs.
 
-    def __init__(self, searches: dict[str, BundleSearch], configs: dict[str, dict], label: str):
+    `then`: the label under which the driver registered the next stage (NEXT_STAGE): when a cell's
+    last tune bundle has ended, its test bundles are queued and suggested as slots free up (after
+    any tune bundle still to ask: those gate other cells' tests); the search ends when every cell's
+    have been."""
+
+    then: str | None = None  # a searcher saved before `then` existed has none
+    queued: list = ()
+    fed: frozenset = frozenset()
+
+    def __init__(self, searches: dict[str, BundleSearch], configs: dict[str, dict], label: str,
+                 then: str | None = None):
         super().__init__(metric="val_loss", mode="min")
         self.searches, self.configs, self.label = dict(searches), dict(configs), label
         self.owner: dict[str, str] = {}  # Tune trial id -> the cell that suggested it
+        self.then, self.queued, self.fed = then, [], frozenset()  # test bundles to suggest; cells whose are made
 
     def save(self, checkpoint_path: str) -> None:
         import pickle
@@ -171,12 +188,22 @@ class CellsSearch(Searcher):
                 continue
             self.owner[trial_id] = cell
             return {**out, **self.configs[cell]}
+        if self.queued:
+            self.queued = list(self.queued)
+            return self.queued.pop(0)
+        if self.then is not None and len(self.fed) < len(self.searches):
+            return None  # a cell's tune bundles still run: its test bundles follow
         return Searcher.FINISHED
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         cell = self.owner.pop(trial_id, None)
-        if cell is not None:
-            self.searches[cell].on_trial_complete(trial_id, result, error)
+        if cell is None:
+            return
+        search = self.searches[cell]
+        search.on_trial_complete(trial_id, result, error)
+        if self.then is not None and cell not in self.fed and search.asked >= search.total and not search.pending:
+            self.fed = self.fed | {cell}
+            self.queued = [*self.queued, *NEXT_STAGE[self.then](cell)]
 
 
 class Rungs:

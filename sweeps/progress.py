@@ -22,6 +22,9 @@ def searched_values(config: dict) -> dict:
         return {}
 
 
+BY_STAGE = "stages"  # the label of a Tuner running several stages: each trial's line names its own
+
+
 class TrialProgress(Callback):
     def __init__(self, stage_name: str):
         self.stage_name = stage_name
@@ -32,12 +35,15 @@ class TrialProgress(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         r = trial.last_result or {}
+        label = self.stage_name
+        if label == BY_STAGE:
+            label = trial.config.get("meta", {}).get("stage", label)
         if "members" in r:  # a bundle: one line per member trial
             for trial_id, m in sorted(r["members"].items()):
                 self.done += 1
                 val = m.get("val_loss")
                 val = f"{val:.4f}" if isinstance(val, float) else "-"
-                self._print(f"  [{self.stage_name}] {trial_id} {m.get('status')}: val_loss {val}  ({self.done} ended)")
+                self._print(f"  [{label}] {trial_id} {m.get('status')}: val_loss {val}  ({self.done} ended)")
             return
         self.done += 1
         point = trial.config.get("point", trial.config)

@@ -3,8 +3,9 @@ cluster via --address), one driver per experiment (a lease), everything checked 
 trial, and a manifest so that an interrupted sweep resumes where it stopped.
 
 Jobs live in their own modules: the Ray session and Ctrl+C (`session`), Tune's wiring (`tuner`),
-Optuna (`study`, `searcher`), the stages (`stages`), what is printed (`report`), checks before the
-first trial (`preflight`), the lease (`lock`); the store does every file of the dataset.
+Optuna (`study`, `searcher`), the stages (`stages`; `pipeline`: tune and test in one Tuner), what is
+printed (`report`), checks before the first trial (`preflight`), the lease (`lock`); the store does
+every file of the dataset.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from .console import make_console
 from .errors import UserError
 from .experiment import experiment_uri, located, read_manifest, read_text, write_manifest, write_text
 from .lock import Lease, check_free
+from .pipeline import run_tune_and_test
 from .plan import cells, grid_trial_configs, stage_test_configs, tune_trial_base
 from .preflight import preflight
 from .report import best_configs, check_untuned, hp_sources, print_best, print_sources
@@ -183,6 +185,8 @@ def run_experiment(run: Run, stage: str = "all") -> dict:
     try:
         if spec.mode == "grid":
             run_fixed_stage(run, "grid", grid_trial_configs(spec))
+            return manifest
+        if run_tune_and_test(run, stage):  # both stages in one Tuner, where they can be (sweeps.pipeline)
             return manifest
         if stage in ("tune", "all"):
             run_tune_stage(run, cells(spec))  # the manifest written as each Tuner ends

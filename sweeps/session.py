@@ -93,9 +93,10 @@ def install_interrupt_handler() -> None:
         signal.signal(signal.SIGINT, _on_sigint)
 
 
-def fit(tuner, expected: int, name: str) -> list:
+def fit(tuner, expected, name: str) -> list:
     """Tuner.fit(), and a check that every trial really ended: after Ctrl+C (or a partial grid, trials
-    left RUNNING/PENDING) the stage must not pass as finished. Returns Tune's trials."""
+    left RUNNING/PENDING) the stage must not pass as finished. `expected`: how many trials, or a
+    function saying it once the Tuner has ended. Returns Tune's trials."""
     _IN_FIT.set()
     try:
         grid = tuner.fit()
@@ -103,6 +104,7 @@ def fit(tuner, expected: int, name: str) -> list:
         _IN_FIT.clear()
     if _INTERRUPTED.is_set():
         raise Interrupted(f"{name}: stopped by Ctrl+C")
+    expected = expected() if callable(expected) else expected
     trials = getattr(getattr(grid, "_experiment_analysis", None), "trials", None)
     if trials is None:
         if len(grid) < expected:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import math
 from dataclasses import dataclass
 
@@ -143,12 +144,7 @@ def run_tune_cells(run: Run, group: list[TuneCell]) -> None:
         name = f"tune-{inputs_hash(sorted(tc.cell.name for tc in group))[:8]}"
         label = f"{spec.experiment}.{name}"
     bundled = group[0].bundled
-
-    def config_of(tc: TuneCell) -> dict:
-        meta = run.meta("tune", tc.cell)
-        if tc.bundled:
-            meta.update(cell=tc.cell.name, bundle_mode=spec.bundle.mode, rungs=rungs_for(run, tc.cell))
-        return {"trial": tune_trial_base(spec, tc.cell).to_dict(), "meta": meta}
+    config_of = functools.partial(tune_config_of, run)
 
     def make():
         if len(group) > 1:
@@ -170,14 +166,7 @@ def run_tune_cells(run: Run, group: list[TuneCell]) -> None:
                                 progress="tune" if len(group) > 1 else None)
 
     for tc in group:
-        what = (f"the grid of {', '.join(f'{k} {list(r.choices)}' for k, r in tc.space.items())}"
-                if grid_size(tc.space) else
-                ', '.join(f"{k} {list(r.choices)}" if r.grid else k for k, r in tc.space.items()))
-        console.print(f"[bold]{tc.name}[/]: Optuna over {what} ({tc.total} trials"
-                      + (f" in {plural(tc.n_trials, 'bundle')} of up to {tc.size}" if tc.bundled else "")
-                      + ", meta-validation tasks)")
-        if tc.bundled and spec.scheduler.type == "asha":
-            rungs_for(run, tc.cell, create=True)
+        announce(run, tc)
     if len(group) > 1:
         console.print(f"[bold]tune[/]: the {len(group)} cells above in one Tuner (Ray Tune's state: ray/{name})")
     with contextlib.ExitStack() as stack:
@@ -200,6 +189,26 @@ def run_tune_cells(run: Run, group: list[TuneCell]) -> None:
     write_manifest(run.exp_uri, run.manifest)
     if failed:
         raise StageFailed("\n".join(str(e) for e in failed))
+
+
+def tune_config_of(run: Run, tc: TuneCell) -> dict:
+    """A tune cell's Tune config beside what its search suggests: its base trial and meta."""
+    meta = run.meta("tune", tc.cell)
+    if tc.bundled:
+        meta.update(cell=tc.cell.name, bundle_mode=run.spec.bundle.mode, rungs=rungs_for(run, tc.cell))
+    return {"trial": tune_trial_base(run.spec, tc.cell).to_dict(), "meta": meta}
+
+
+def announce(run: Run, tc: TuneCell) -> None:
+    """Say what a tune cell searches (and start its rungs' actor where it has one)."""
+    what = (f"the grid of {', '.join(f'{k} {list(r.choices)}' for k, r in tc.space.items())}"
+            if grid_size(tc.space) else
+            ', '.join(f"{k} {list(r.choices)}" if r.grid else k for k, r in tc.space.items()))
+    console.print(f"[bold]{tc.name}[/]: Optuna over {what} ({tc.total} trials"
+                  + (f" in {plural(tc.n_trials, 'bundle')} of up to {tc.size}" if tc.bundled else "")
+                  + ", meta-validation tasks)")
+    if tc.bundled and run.spec.scheduler.type == "asha":
+        rungs_for(run, tc.cell, create=True)
 
 
 def plural(n: int, word: str) -> str:
@@ -285,14 +294,16 @@ def fixed_points(run: Run, stage: str, by_cell: dict[Cell, list[TrialConfig]]) -
     if all(n == 1 for n in sizes.values()):
         return [{"trial": cfg.to_dict(), "meta": run.meta(stage, cell), "trial_id": fixed_trial_id(stage, cell, cfg)}
                 for cell, cfgs in by_cell.items() for cfg in cfgs], False
-    points = []
-    for cell, cfgs in by_cell.items():
-        meta = {**run.meta(stage, cell), "bundle_mode": run.spec.bundle.mode}
-        for group in bundle_groups([(fixed_trial_id(stage, cell, c), c) for c in cfgs], sizes[cell],
-                                   key=lambda item: item[1]):
-            points.append({"meta": meta, "members": [{"trial": c.to_dict(), "trial_id": tid, "variant": cell.variant}
-                                                     for tid, c in group]})
-    return points, True
+    return [p for cell, cfgs in by_cell.items() for p in bundle_points(run, stage, cell, cfgs, sizes[cell])], True
+
+
+def bundle_points(run: Run, stage: str, cell: Cell, cfgs: list[TrialConfig], size: int) -> list[dict]:
+    """A fixed stage cell's trials in bundles of at most `size` (Tune configs: "meta", "members")."""
+    meta = {**run.meta(stage, cell), "bundle_mode": run.spec.bundle.mode}
+    return [{"meta": meta, "members": [{"trial": c.to_dict(), "trial_id": tid, "variant": cell.variant}
+                                       for tid, c in group]}
+            for group in bundle_groups([(fixed_trial_id(stage, cell, c), c) for c in cfgs], size,
+                                       key=lambda item: item[1])]
 
 
 # ------------------------------------------------------------------------------------------ shared

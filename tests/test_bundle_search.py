@@ -89,6 +89,60 @@ def test_cells_search_asks_cell_after_cell_and_tells_each_cells_own_study(tmp_pa
         assert searcher.owner == {"t2": "a"}
 
 
+def test_cells_search_then_queues_a_cells_next_stage_when_its_last_tune_bundle_ends(tmp_path):
+    """`then` (sweeps.pipeline): a cell's test bundles are made once its last tune bundle has ended -
+    not before, not twice (a trial re-reported after a restart) - and suggested after any tune bundle
+    still to ask; the search waits (None) while a cell's tune bundles run, and ends when every cell's
+    test bundles are out. The queue travels with the saved searcher."""
+    from metasweep.sweeps.bundle_search import NEXT_STAGE
+
+    made = []
+
+    def next_stage(cell):
+        made.append(cell)
+        return [{"stage": "test", "cell": cell, "k": k} for k in range(2 if cell == "a" else 1)]
+
+    NEXT_STAGE["e.stages"] = next_stage
+    try:
+        a = BundleSearch({"alpha": (1e-3, 1.0, True)}, 2, 2, study_name="e.a", sampler_seed=0, stage="tune", cell="a")
+        b = BundleSearch({"beta": (1e-4, 1e-2, True)}, 2, 4, study_name="e.b", sampler_seed=0, stage="tune", cell="b")
+        s = CellsSearch({"a": a, "b": b}, {"a": {"meta": {"cell": "a"}}, "b": {"meta": {"cell": "b"}}}, "e.tune",
+                        then="e.stages")
+
+        def complete(searcher, trial, cell, numbers):
+            searcher.on_trial_complete(trial, {"members": {member_id("tune", cell, n): {
+                "status": "completed", "val_loss": 1.0 + n} for n in numbers}})
+
+        t1 = s.suggest("t1")
+        t2 = s.suggest("t2")
+        assert (t1["meta"]["cell"], t2["meta"]["cell"]) == ("a", "b") and made == []
+        complete(s, "t1", "a", t1["numbers"])
+        assert made == ["a"]
+        t3 = s.suggest("t3")  # b's second tune bundle before a's tests: it gates b's tests
+        assert t3["meta"]["cell"] == "b"
+        assert [s.suggest(t) for t in ("t4", "t5")] == [{"stage": "test", "cell": "a", "k": 0},
+                                                         {"stage": "test", "cell": "a", "k": 1}]
+        assert s.suggest("t6") is None  # b's tune bundles still run
+        complete(s, "t2", "b", t2["numbers"])
+        assert made == ["a"] and s.suggest("t6") is None
+        path = tmp_path / "searcher.pkl"
+        s.save(str(path))
+        restored = CellsSearch({}, {}, "")
+        restored.restore(str(path))
+        for searcher in (s, restored):
+            complete(searcher, "t3", "b", t3["numbers"])
+            complete(searcher, "t3", "b", t3["numbers"])  # re-reported: nothing new
+            assert searcher.suggest("t7") == {"stage": "test", "cell": "b", "k": 0}
+            assert searcher.suggest("t8") == CellsSearch.FINISHED
+            complete(searcher, "t4", "a", [])  # a test bundle's end is no tune cell's business
+        assert made == ["a", "b", "b"]  # once per searcher: the live one and the restored one
+        old = CellsSearch({}, {}, "")
+        old.__dict__.update({k: v for k, v in s.__dict__.items() if k not in ("then", "queued", "fed")})
+        assert old.then is None and old.suggest("t9") == CellsSearch.FINISHED  # saved before `then` existed
+    finally:
+        NEXT_STAGE.pop("e.stages")
+
+
 def test_rungs_stop_members_as_ashas_trials():
     r = Rungs(grace_period=1, eta=3, max_reports=10)
     assert r.milestones == [1, 3, 9]

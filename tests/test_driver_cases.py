@@ -234,9 +234,12 @@ def test_a_stage_in_which_every_trial_errored_fails_the_sweep_with_a_summary(ray
     assert "2 x training: RuntimeError: boom: this learner always fails" in str(e.value)
 
 
-def test_a_failed_cell_among_tune_cells_run_together_leaves_the_others_done(ray_local, tmp_path, capsys):
-    """Bundled tune cells share one Tuner: one cell whose every trial errored fails the sweep, naming
-    it, while the cell that ran well is done in the manifest (a later sweep keeps it) with its rows."""
+@pytest.mark.parametrize("stage", ["tune", "all"])
+def test_a_failed_cell_among_tune_cells_run_together_leaves_the_others_done(ray_local, tmp_path, capsys, stage):
+    """Bundled tune cells share one Tuner (`--stage tune`), and with the test stage too (all stages:
+    sweeps.pipeline): one cell whose every trial errored fails the sweep, naming it, while the cell that
+    ran well is done in the manifest (a later sweep keeps it) with its rows - and, in one Tuner with the
+    test stage, tested (the failed cell is not)."""
     import json
 
     from metasweep.sweeps.stages import StageFailed
@@ -244,14 +247,19 @@ def test_a_failed_cell_among_tune_cells_run_together_leaves_the_others_done(ray_
     text = SINE.format(name="mixed").replace("variants: [maml]", "plugins: [crashy]\nvariants: [maml, crash-outputs]")
     text += "bundle: {size: 2}\nmax_concurrent: 2\n"
     with pytest.raises(StageFailed) as e:
-        sweep_of(tmp_path, text)
-    assert "tune: the 2 cells above in one Tuner" in capsys.readouterr().err
+        sweep_of(tmp_path, text, stage=stage)
+    err = capsys.readouterr().err
+    assert ("tune: the 2 cells above in one Tuner" in err) == (stage == "tune")
+    assert ("tune and test in one Tuner (Ray Tune's state: ray/stages-" in err) == (stage == "all")
     assert "tune-crash-outputs-k5: every trial errored (2)" in str(e.value) and "maml" not in str(e.value)
     exp = tmp_path / "res" / "mixed"
-    cells = json.loads((exp / "manifest.json").read_text())["cells"]
-    assert cells.get("tune-maml-k5") == "done" and "tune-crash-outputs-k5" not in cells
-    statuses = sorted((t["variant"], t["status"]) for t in read_trials(str(exp)).to_pylist())
-    assert statuses == [("crash-outputs", "errored")] * 2 + [("maml", "completed")] * 2
+    manifest = json.loads((exp / "manifest.json").read_text())
+    assert manifest["cells"].get("tune-maml-k5") == "done" and "tune-crash-outputs-k5" not in manifest["cells"]
+    statuses = sorted((t["stage"], t["variant"], t["status"]) for t in read_trials(str(exp)).to_pylist())
+    tested = [("test", "maml", "completed")] * 2 if stage == "all" else []
+    assert statuses == tested + [("tune", "crash-outputs", "errored")] * 2 + [("tune", "maml", "completed")] * 2
+    if stage == "all":
+        assert manifest["inputs"]["test"].keys() == {"maml-k5"} and manifest["stages_tuner"]["done"] is True
 
 
 def test_a_crash_in_any_part_of_a_trial_is_an_errored_row_never_stopped_early(ray_local, tmp_path):

@@ -1,9 +1,11 @@
 """Killing the driver mid-sweep, then `metasweep resume`: every trial and row exactly once; a second
-driver meanwhile is refused; resumed after a move (SIGKILL) or with a foreign file in the dataset
-(SIGINT)."""
+driver meanwhile is refused; resumed after a move (SIGKILL, during the tune stage) or with a foreign
+file in the dataset (SIGINT, during the test stage: the tune and test stages run in one Tuner, whose
+searcher holds the test bundles still to run - sweeps.pipeline)."""
 
 import collections
 import os
+import re
 import shutil
 import signal
 import socket
@@ -17,13 +19,13 @@ import pyarrow.parquet as pq
 import pytest
 from raynode import RayHead
 
-from metasweep.analysis.store import read_dataset, read_raw
+from metasweep.analysis.store import read_dataset, read_raw, read_trials
 
 SPEC = """
 experiment: resume
 variants: [maml, mt-net]
 train_shots: [10]
-budget: {meta_steps: 300, report_every: 50, meta_batch: 10}
+budget: {meta_steps: 600, report_every: 100, meta_batch: 10}
 eval: {shots: [5, 10], inner_steps: [1], tasks: 20, val_tasks: 10}
 search: {trials_per_variant: 3}
 test: {seeds: [0, 1]}
@@ -52,35 +54,40 @@ def wait_until_quiet(exp, seconds: float = 3.0, limit: float = 120.0) -> None:
             last, since = now, time.time()
 
 
+def wait_for(exp, driver, stage: str) -> None:
+    """Until the sweep is well into `stage`: one of its trials is running past its second report (so a
+    checkpoint of it is certainly saved)."""
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if (exp / "trials").exists() and len(list((exp / "trials").glob("*.parquet"))) >= 2:
+            rows = read_trials(str(exp)).to_pylist()
+            if any(r["stage"] == stage and r["status"] == "running" and r["meta_steps"] >= 200 for r in rows):
+                return
+        assert driver.poll() is None, "the sweep ended before it could be interrupted"
+        time.sleep(0.1)
+    pytest.fail(f"no {stage} trial got past its second report in time")
+
+
 def cli(*args):
     return [sys.executable, "-m", "metasweep.sweeps.cli", *args]
 
 
-@pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
-def test_killed_driver_then_resume_gives_every_trial_and_row_exactly_once(tmp_path, ray_head, how):
+@pytest.mark.parametrize("how, stage", [("SIGKILL", "tune"), ("SIGINT", "test")])
+def test_killed_driver_then_resume_gives_every_trial_and_row_exactly_once(tmp_path, ray_head, how, stage):
     (tmp_path / "spec.yaml").write_text(SPEC)
     exp = tmp_path / "res" / "resume"
     log = open(tmp_path / "driver.log", "w")
     driver = subprocess.Popen(cli("sweep", "spec.yaml", "--address", ray_head.address, "--no-rank"), cwd=tmp_path,
                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        # wait until the sweep is well into its first tune cell: two trials have rows, and one is
-        # mid-way past its second report (so a checkpoint of it is certainly saved)
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            if (exp / "trials").exists() and len(list((exp / "trials").glob("*.parquet"))) >= 2:
-                rows = read_raw(str(exp), "trials").to_pylist()
-                if any(r["status"] == "running" and r["meta_steps"] >= 100 for r in rows):
-                    break
-            assert driver.poll() is None, "the sweep ended before it could be interrupted"
-            time.sleep(0.2)
-        else:
-            pytest.fail("no trial got past its second report in time")
+        wait_for(exp, driver, "tune")
         # a second driver on the same experiment (issue 11 case 8): refused at once, naming the holder
         second = subprocess.run(cli("sweep", "spec.yaml", "--address", ray_head.address, "--no-rank"), cwd=tmp_path,
                                 capture_output=True, text=True, timeout=120)
         assert second.returncode == 2 and "Traceback" not in second.stderr, second.stderr[-2000:]
         assert f"is being run by another driver: host {socket.gethostname()}, pid {driver.pid}, since " in second.stderr
+        if stage == "test":
+            wait_for(exp, driver, "test")
         if how == "SIGINT":  # Ctrl+C: Tune stops gracefully; the sweep must say it is unfinished
             os.kill(driver.pid, signal.SIGINT)
             assert driver.wait(120) == 130
@@ -91,7 +98,8 @@ def test_killed_driver_then_resume_gives_every_trial_and_row_exactly_once(tmp_pa
             os.killpg(driver.pid, signal.SIGKILL)  # the driver and only what it started
         driver.wait(30)
         log.close()
-    assert not (exp / "manifest.json").exists() or '"test": "done"' not in (exp / "manifest.json").read_text()
+    manifest = (exp / "manifest.json").read_text() if (exp / "manifest.json").exists() else ""
+    assert '"test": "done"' not in manifest and '"tune-maml-k10": "done"' not in manifest  # stopped mid-way
     partial = read_raw(str(exp), "trials").num_rows
     assert partial >= 2
     if how == "SIGKILL":
@@ -101,12 +109,18 @@ def test_killed_driver_then_resume_gives_every_trial_and_row_exactly_once(tmp_pa
         exp.parent.mkdir()
         shutil.move(old, exp)
     else:
+        # one stage of the Tuner both share cannot be resumed alone: exit 2 saying how to go on
+        one = subprocess.run(cli("sweep", "spec.yaml", "--stage", "tune", "--address", ray_head.address),
+                             cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert one.returncode == 2 and "Traceback" not in one.stderr, one.stderr[-2000:]
+        assert "its tune and test stages run together in one Tuner (ray/stages-" in one.stderr
         # a foreign file in the dataset (case 9): resume sets it aside, says so, and goes on
         pq.write_table(pa.table({"something": [1]}), exp / "trials" / "foreign.parquet")
 
     r = subprocess.run(cli("resume", str(exp), "--address", ray_head.address, "--no-rank"), cwd=tmp_path,
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
+    assert re.search(r"stages-[0-9a-f]{8}: resuming", r.stderr), r.stderr[-3000:]  # the one Tuner of both stages
     if how == "SIGKILL":
         assert not old.exists()  # resumed trials wrote to the new place only
         assert "breaking the stale lease of an earlier driver" in r.stderr  # its driver is gone

@@ -1,0 +1,88 @@
+"""The tune and test stages in one Tuner (sweeps.pipeline) on a real local Ray write the dataset of the
+two stages run one after the other: the same trial ids, rows and values (bit for bit, loop-mode
+bundles), the same choice of each cell's configuration, the same manifest - and a second sweep of the
+same spec runs nothing."""
+
+import json
+
+import numpy as np
+import pytest
+
+from metasweep.analysis.store import read_dataset
+
+SPEC = """
+experiment: {name}
+variants: [maml, mt-net]
+budget: {{meta_steps: 20, report_every: 10, meta_batch: 4}}
+eval: {{shots: [5], inner_steps: [1], tasks: 10, val_tasks: 5}}
+search: {{trials_per_variant: 3}}
+scheduler: {{type: none}}
+test: {{seeds: [0, 1, 2]}}
+bundle: {{size: 2, mode: loop}}
+max_concurrent: 2
+storage: {storage}
+"""
+
+
+def sorted_rows(ds, table, keys):
+    return ds[table].sort_by([(k, "ascending") for k in keys])
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def run_of(tmp_path, name: str):
+    from metasweep.sweeps.experiment import experiment_uri
+    from metasweep.sweeps.spec import load_spec
+    from metasweep.sweeps.stages import Run
+
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(SPEC.format(name=name, storage=tmp_path / "res"))
+    spec, _, h = load_spec(str(path))
+    return Run(spec, experiment_uri(spec.storage, spec.experiment), h, {"cells": {}})
+
+
+def test_tune_and_test_in_one_tuner_write_the_dataset_of_the_stages_one_after_the_other(ray_local, tmp_path,
+                                                                                          capsys):
+    from metasweep.sweeps.run import run_experiment
+
+    separate, together = run_of(tmp_path, "separate"), run_of(tmp_path, "together")
+    run_experiment(separate, "tune")
+    run_experiment(separate, "test")
+    capsys.readouterr()
+    run_experiment(together, "all")
+    err = capsys.readouterr().err
+    assert "test: 6 trials in 4 bundles, each cell's as soon as its tune cell has ended; tune and test in one " \
+           "Tuner (Ray Tune's state: ray/stages-" in err
+    assert "  [tune] tune-mt-net-k10-n0002 completed" in err and "  [test] test-maml-k10-s2-" in err
+    assert "stages_tuner" not in separate.manifest and together.manifest["stages_tuner"]["done"] is True
+    for key in ("cells", "inputs", "best", "bundle_sizes"):
+        assert together.manifest[key] == separate.manifest[key], key
+    a, b = read_dataset(separate.exp_uri), read_dataset(together.exp_uri)
+    ta, tb = (sorted_rows(d, "trials", ["trial_id"]).to_pylist() for d in (a, b))
+    assert [t["trial_id"] for t in ta] == [t["trial_id"] for t in tb] and len(ta) == 12
+    assert sorted(t["stage"] for t in tb) == ["test"] * 6 + ["tune"] * 6
+    for x, y in zip(ta, tb):
+        assert x["status"] == y["status"] == "completed"
+        for k in ("variant", "seed", "hparams", "final_val_loss", "hp_source", "hp_source_trial", "config"):
+            assert x[k] == y[k], (x["trial_id"], k)
+    ea, eb = (sorted_rows(d, "eval_tasks", ["trial_id", "shots", "inner_steps", "task_index"]) for d in (a, b))
+    assert ea["trial_id"].to_pylist() == eb["trial_id"].to_pylist()
+    np.testing.assert_array_equal(np.asarray(ea["loss"]), np.asarray(eb["loss"]))
+    # every test trial took its cell's best tune configuration (lowest meta-validation loss)
+    for t in (t for t in tb if t["stage"] == "test"):
+        best = min((u for u in tb if u["stage"] == "tune" and u["variant"] == t["variant"]),
+                   key=lambda u: u["final_val_loss"])
+        assert t["hp_source_trial"] == best["trial_id"] and json.loads(t["hparams"]) == json.loads(best["hparams"])
+    # a second sweep of the same spec: both stages are done
+    before = read_dataset(together.exp_uri)["trials"].num_rows
+    run_experiment(together, "all")
+    assert read_dataset(together.exp_uri)["trials"].num_rows == before
+    assert "Optuna over" not in capsys.readouterr().err
+
