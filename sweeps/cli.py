@@ -198,6 +198,8 @@ def check(
     stages = {r["stage"] for r in plan["stages"]}
     out.print(f"{trials} trials, {steps:,} meta-steps in all"
               + ("; test trials use each cell's tuned configuration" if {"tune", "test"} <= stages else ""))
+    if plan["one_tuner"]:
+        out.print("tune and test run in one Tuner: each cell's test bundles start when its tune cell has ended")
     where = {"new": "a new experiment", "continues": "continues the experiment there (the same spec)",
              "conflicts": "an experiment there has a different spec: `sweep` would refuse it (rename the "
                           "experiment, or `metasweep resume` the one there)"}[plan["state"]]

@@ -32,7 +32,7 @@ from .bundle_search import NEXT_STAGE, CellsSearch
 from .console import make_console
 from .errors import UserError
 from .experiment import write_manifest
-from .plan import Cell, cells, inputs_hash, stage_test_configs
+from .plan import Cell, cells, inputs_hash, one_tuner, stage_test_configs
 from .progress import BY_STAGE
 from .report import best_configs, check_untuned, hp_sources, print_best, print_sources
 from .searcher import RelocatableSearch
@@ -82,7 +82,7 @@ def run_tune_and_test(run: Run, stage: str) -> bool:
     if name is None and (stage != "all" or "test" in run.manifest["cells"]):
         return False
     todo = [prepare_tune_cell(run, cell) for cell in cells(run.spec)]
-    if any(tc is None or not tc.bundled for tc in todo):
+    if any(tc is None for tc in todo):
         if name is not None:  # cannot happen: the manifest marks cells done only after the Tuner ended
             raise UserError(f"{run.exp_uri}: a tune cell is done but its Tuner ray/{name} is not")
         return False
@@ -90,7 +90,7 @@ def run_tune_and_test(run: Run, stage: str) -> bool:
         return False  # a cell's own Tuner from an earlier driver: resume it as it was
     configs = stage_test_configs(run.spec, {})
     sizes = {tc.cell: run.bundle_size(f"test-{tc.cell.name}", tc.cell, len(configs)) for tc in todo}
-    if name is None and any(n < 2 for n in sizes.values()):
+    if name is None and not one_tuner([tc.size for tc in todo], sizes.values()):
         return False
     pipelined(run, todo, sizes, name or name_of(run))
     return True

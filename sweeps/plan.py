@@ -175,6 +175,14 @@ def bundle_size(spec: Spec, cell: Cell, *, members: int | None = None, slots: in
     return AUTO_BUNDLE
 
 
+def one_tuner(tune_sizes, test_sizes) -> bool:
+    """Whether the tune and test stages run in one Tuner (sweeps.pipeline), given their cells' bundle
+    sizes: where every cell of both runs in bundles (a cell whose trials run alone keeps Tune's own
+    scheduler, which is per Tuner)."""
+    sizes = [*tune_sizes, *test_sizes]
+    return bool(sizes) and min(sizes) > 1
+
+
 def fixed_trial_id(stage: str, cell: Cell, cfg: TrialConfig) -> str:
     """The trial id of a test or grid trial: a function of its configuration (bundled or not alike),
     `<stage>-<cell>-s<seed>-<digest of the rest>`."""

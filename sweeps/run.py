@@ -56,11 +56,11 @@ def check(spec_path: str, storage: str | None = None, stage: str = "all", slots:
     folder, every size constraint: UserError naming the field), without starting Ray or writing
     anything: {"experiment": where it goes, "state": new / continues / conflicts, "slots": trials at
     once, "stages": [{"stage", "cell", "trials", "bundles" (members of each; 1s: no bundles),
-    "meta_steps"}, ...]}.
+    "meta_steps"}, ...], "one_tuner": whether tune and test run in one Tuner (sweeps.pipeline)}.
     Bundle sizes are those of `slots` (default: this machine's CPUs over a trial's, at most
     max_concurrent); a cluster with other slots bundles differently."""
     from .bundle_trial import bundle_groups
-    from .plan import bundle_size, slots_for, tune_trials
+    from .plan import bundle_size, one_tuner, slots_for, tune_trials
 
     spec, text, _ = load_spec(spec_path)
     exp_uri = experiment_uri(storage or spec.storage, spec.experiment)
@@ -105,7 +105,9 @@ def check(spec_path: str, storage: str | None = None, stage: str = "all", slots:
             configs = stage_test_configs(spec, {})
             for cell, cfgs in by_cell(configs).items():
                 add("test", cell, cfgs, len(configs))
-    return {"experiment": exp_uri, "state": state, "slots": slots, "stages": rows}
+    by_stage = {name: [max(r["bundles"]) for r in rows if r["stage"] == name] for name in ("tune", "test")}
+    together = stage == "all" and all(by_stage.values()) and one_tuner(by_stage["tune"], by_stage["test"])
+    return {"experiment": exp_uri, "state": state, "slots": slots, "stages": rows, "one_tuner": together}
 
 
 def resume(exp_uri: str, address: str | None = None, stage: str = "all") -> str:

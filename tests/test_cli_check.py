@@ -27,10 +27,14 @@ def test_check_prints_the_plan_of_the_quickstart_and_writes_nothing(tmp_path):
     assert table == [["tune", f"{v}-k10", "4", "2 + 2", "400"] for v in ("maml", "t-net", "mt-net")] + \
         [["test", f"{v}-k10", "3", "3", "400"] for v in ("maml", "t-net", "mt-net")]
     assert "21 trials, 8,400 meta-steps in all" in r.stdout
+    assert "tune and test run in one Tuner: each cell's test bundles start when its tune cell has ended" in r.stdout
     assert f"results: {tmp_path / 'results' / 'quickstart'} (a new experiment)" in " ".join(r.stdout.split())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["quickstart.yaml"]  # nothing written
     one = rows(cli("check", str(spec), "--slots", "1", "--stage", "tune", cwd=tmp_path).stdout)
     assert [row[3] for row in one] == ["4", "4", "4"]  # one slot: a tune cell is one bundle
+    spec.write_text(spec.read_text() + "bundle: {size: 1}\n")
+    alone = cli("check", str(spec), "--slots", "2", cwd=tmp_path)
+    assert alone.returncode == 0 and "in one Tuner" not in alone.stdout  # trials alone: a Tuner per stage
 
 
 def test_check_refuses_a_bad_field_and_names_it(tmp_path):
