@@ -159,7 +159,7 @@ def sweep(
     if stage not in ("tune", "test", "all"):
         fail(f"--stage: must be tune, test or all (got {stage!r})")
     exp_uri = driven(lambda: run_sweep(str(spec), address=address, storage=storage, stage=stage),
-                     "metasweep resume <experiment path>")
+                     lambda: resume_command(spec, storage))
     console.print(f"results: {exp_uri}")
     if rank_after and stage != "tune":
         _print_rank(exp_uri)
@@ -208,9 +208,22 @@ def check(
         raise typer.Exit(2)
 
 
-def driven(call, resume_hint: str) -> str:
+def resume_command(spec: Path, storage: str | None) -> str:
+    """`metasweep resume <where the spec's experiment is>`."""
+    from .experiment import experiment_uri
+    from .spec import load_spec
+
+    try:
+        loaded, _, _ = load_spec(str(spec))
+        return f"metasweep resume {experiment_uri(storage or loaded.storage, loaded.experiment)}"
+    except Exception:  # the spec changed or went since: the generic form
+        return "metasweep resume <experiment path>"
+
+
+def driven(call, resume_hint) -> str:
     """A sweep or resume as a command: bad input exits 2 (one line); a stage without a result exits 1
-    with its summary; an interrupted one 130, with how to continue. Rows written are kept in every case."""
+    with its summary; an interrupted one 130, with how to continue (`resume_hint`: the command, or a
+    function giving it). Rows written are kept in every case."""
     from .run import Interrupted, StageFailed
 
     try:
@@ -220,8 +233,9 @@ def driven(call, resume_hint: str) -> str:
     except StageFailed as e:
         fail(f"sweep failed: {e}", code=1)
     except (Interrupted, KeyboardInterrupt) as e:
+        hint = resume_hint() if callable(resume_hint) else resume_hint
         console.print(f"[bold red]sweep interrupted[/] ({e}); rows written so far are kept. Continue with: "
-                      f"{resume_hint}")
+                      f"{hint}")
         raise SystemExit(130) from None
 
 

@@ -63,22 +63,29 @@ def name_of(run: Run) -> str:
     return f"stages-{inputs_hash(sorted(c.name for c in cells(run.spec)))[:8]}"
 
 
-def pending(run: Run) -> str | None:
-    """The name of this experiment's unfinished tune-and-test Tuner, or None."""
-    entry = run.manifest.get("stages_tuner")
-    if entry and not entry.get("done") and tuners.can_restore(run.exp_uri, entry["name"]):
+def pending(exp_uri: str, manifest: dict) -> str | None:
+    """The name of an experiment's unfinished tune-and-test Tuner, or None (no Ray needed)."""
+    entry = manifest.get("stages_tuner")
+    if entry and not entry.get("done") and tuners.can_restore(exp_uri, entry["name"]):
         return entry["name"]
     return None
+
+
+def refuse_one_stage(exp_uri: str, manifest: dict, stage: str) -> None:
+    """UserError where one stage is asked of an experiment whose unfinished Tuner runs both (the
+    driver asks before starting Ray; `check` too)."""
+    name = pending(exp_uri, manifest)
+    if name is not None and stage != "all":
+        raise UserError(f"{exp_uri}: its tune and test stages run together in one Tuner (ray/{name}), "
+                        f"which is unfinished; continue both (no --stage): metasweep resume {exp_uri}")
 
 
 def run_tune_and_test(run: Run, stage: str) -> bool:
     """Run (or resume) the tune and test stages in one Tuner where they can; False where they cannot
     (a stage or cell done or run alone before, a cell not bundled, one stage asked for): the stages
     then run one after the other."""
-    name = pending(run)
-    if name is not None and stage != "all":
-        raise UserError(f"{run.exp_uri}: its tune and test stages run together in one Tuner (ray/{name}), "
-                        f"which is unfinished; continue both (no --stage): metasweep resume {run.exp_uri}")
+    refuse_one_stage(run.exp_uri, run.manifest, stage)
+    name = pending(run.exp_uri, run.manifest)
     if name is None and (stage != "all" or "test" in run.manifest["cells"]):
         return False
     todo = [prepare_tune_cell(run, cell) for cell in cells(run.spec)]
@@ -115,10 +122,15 @@ def test_points(run: Run, sizes: dict[Cell, int], cell_name: str) -> list[dict]:
     cell = next(c for c in sizes if c.name == cell_name)
     best = {k: v for k, v in best_configs(run.spec, run.exp_uri).items() if k == cell_name}
     if not tested(run, cell, best):
+        console.print(f"[bold]test[/]: {cell_name} not tested (its tune cell has no result; said at the end)")
         return []  # the sweep fails at the end, naming the cell (fail_if_all_errored, check_untuned)
     source = ("tuned", best[cell_name]["_trial_id"]) if best else ("fallback", None)
     cfgs = [cfg for c, cfg in stage_test_configs(run.spec, best, {cell_name: source}) if c == cell]
-    return bundle_points(run, "test", cell, cfgs, sizes[cell])
+    points = bundle_points(run, "test", cell, cfgs, sizes[cell])
+    console.print(f"[bold]test[/]: {cell_name}'s {plural(len(cfgs), 'trial')} queued in "
+                  f"{plural(len(points), 'bundle')}, its tune cell having ended (configuration: "
+                  + (f"{source[1]}, val_loss {best[cell_name]['_val_loss']:.4f})" if best else "the defaults)"))
+    return points
 
 
 def test_bundles(run: Run, sizes: dict[Cell, int]) -> int:

@@ -20,7 +20,7 @@ from .console import make_console
 from .errors import UserError
 from .experiment import experiment_uri, located, read_manifest, read_text, write_manifest, write_text
 from .lock import Lease, check_free
-from .pipeline import run_tune_and_test
+from .pipeline import refuse_one_stage, run_tune_and_test
 from .plan import cells, grid_trial_configs, stage_test_configs, tune_trial_base
 from .preflight import preflight
 from .report import best_configs, check_untuned, hp_sources, print_best, print_sources
@@ -70,6 +70,8 @@ def check(spec_path: str, storage: str | None = None, stage: str = "all", slots:
         raise UserError(format_error(e, lambda loc: f"spec {spec_path}, field {dotted(loc)}")) from None
     existing = read_text(exp_uri, "spec.yaml")
     state = "new" if existing is None else ("continues" if existing == text else "conflicts")
+    if state == "continues":
+        refuse_one_stage(exp_uri, read_manifest(exp_uri), stage)
     if slots is None:
         import torch
 
@@ -134,6 +136,7 @@ def drive(spec: Spec, text: str, spec_hash: str, exp_uri: str, manifest: dict, s
         preflight(spec, planned(spec, stage))
     except ConfigError as e:
         raise UserError(format_error(e, lambda loc: f"{source}, field {dotted(loc)}")) from None
+    refuse_one_stage(exp_uri, manifest, stage)
     console.print(hello)
     with Lease(exp_uri):
         set_aside_damaged(exp_uri)

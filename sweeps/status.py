@@ -27,9 +27,10 @@ def print_status(exp_uri: str, console: Console) -> None:
     done = sorted(k for k, v in manifest.get("cells", {}).items() if v == "done")
     console.print(f"stages done: {', '.join(done) or 'none'}")
     lease = holder(exp_uri)
+    driven = lease is not None and not is_stale(lease)
     if lease is not None:
-        state = "stale: its driver is gone" if is_stale(lease) else "running"
-        console.print(f"driver: {describe(lease)} ({state})", markup=False)
+        console.print(f"driver: {describe(lease)} ({'running' if driven else 'stale: its driver is gone'})",
+                      markup=False)
     if trials is None:
         console.print("no trial has written results yet")
         return
@@ -37,12 +38,19 @@ def print_status(exp_uri: str, console: Console) -> None:
     for c in ("stage", "variant", "train shots", "status", "trials", "restarted"):
         table.add_column(c)
     groups: dict[tuple, tuple[int, int]] = {}
+    interrupted = 0
     for r in trials.select(["stage", "variant", "train_shots", "status", "attempt"]).to_pylist():
-        key = (r["stage"], r["variant"], r["train_shots"], r["status"])
+        status = r["status"]
+        if status == "running" and not driven:  # no driver runs it: it stopped with its sweep
+            status, interrupted = "interrupted", interrupted + 1
+        key = (r["stage"], r["variant"], r["train_shots"], status)
         n, restarted = groups.get(key, (0, 0))
         groups[key] = (n + 1, restarted + (r["attempt"] > 0))
     for key, (n, restarted) in sorted(groups.items(), key=lambda kv: tuple(str(k) for k in kv[0])):
         table.add_row(*(str(k) for k in key), str(n), str(restarted))
     console.print(table)
+    if interrupted:
+        console.print(f"{interrupted} trial(s) stopped unfinished with their sweep (no driver runs them); continue "
+                      f"with: metasweep resume {exp_uri}", markup=False)
     if manifest.get("wall_seconds"):
         console.print(f"wall time so far: {manifest['wall_seconds']:.0f} s")

@@ -61,9 +61,13 @@ def test_tune_and_test_in_one_tuner_write_the_dataset_of_the_stages_one_after_th
     assert "test: 6 trials in 4 bundles, each cell's as soon as its tune cell has ended; tune and test in one " \
            "Tuner (Ray Tune's state: ray/stages-" in err
     assert "  [tune] tune-mt-net-k10-n0002 completed" in err and "  [test] test-maml-k10-s2-" in err
+    queued = err.index("test: maml-k10's 3 trials queued in 2 bundles, its tune cell having ended (configuration: ")
+    assert err.index("[tune] tune-maml-k10-n0002") < queued  # after the cell's last tune trial
     assert "stages_tuner" not in separate.manifest and together.manifest["stages_tuner"]["done"] is True
     for key in ("cells", "inputs", "best", "bundle_sizes"):
         assert together.manifest[key] == separate.manifest[key], key
+    best = together.manifest["best"]["maml-k10"]
+    assert f"(configuration: {best['_trial_id']}, val_loss {best['_val_loss']:.4f})" in err[queued:].splitlines()[0]
     a, b = read_dataset(separate.exp_uri), read_dataset(together.exp_uri)
     ta, tb = (sorted_rows(d, "trials", ["trial_id"]).to_pylist() for d in (a, b))
     assert [t["trial_id"] for t in ta] == [t["trial_id"] for t in tb] and len(ta) == 12

@@ -92,7 +92,7 @@ def test_killed_driver_then_resume_gives_every_trial_and_row_exactly_once(tmp_pa
             os.kill(driver.pid, signal.SIGINT)
             assert driver.wait(120) == 130
             text = (tmp_path / "driver.log").read_text()
-            assert "sweep interrupted" in text and "metasweep resume" in text
+            assert "sweep interrupted" in text and f"Continue with: metasweep resume {exp}\n" in text
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)  # the driver and only what it started
@@ -114,6 +114,14 @@ def test_killed_driver_then_resume_gives_every_trial_and_row_exactly_once(tmp_pa
                              cwd=tmp_path, capture_output=True, text=True, timeout=300)
         assert one.returncode == 2 and "Traceback" not in one.stderr, one.stderr[-2000:]
         assert "its tune and test stages run together in one Tuner (ray/stages-" in one.stderr
+        assert "Started a local Ray" not in one.stderr and "experiment resume" not in one.stderr  # before Ray
+        plan = subprocess.run(cli("check", "spec.yaml", "--stage", "test"), cwd=tmp_path, capture_output=True,
+                              text=True, timeout=300)
+        assert plan.returncode == 2 and "run together in one Tuner" in plan.stderr, plan.stderr[-2000:]
+        # status: trials no driver runs any more are interrupted, with how to go on
+        status = subprocess.run(cli("status", str(exp)), cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert status.returncode == 0 and " running " not in status.stdout, status.stdout
+        assert "interrupted" in status.stdout and f"continue with: metasweep resume {exp}" in status.stdout
         # a foreign file in the dataset (case 9): resume sets it aside, says so, and goes on
         pq.write_table(pa.table({"something": [1]}), exp / "trials" / "foreign.parquet")
 
