@@ -43,7 +43,7 @@ class Cell:
     seed_ci: tuple[float, float] | None = None
     best: bool = False
     tied_with_best: bool = False
-    nonfinite_tasks: int = 0  # tasks whose adapted loss overflowed: the cell is shown, not ranked
+    nonfinite_tasks: int = 0  # tasks whose adapted loss overflowed: shown, no mean or test, ranked last
 
 
 @dataclass
@@ -140,7 +140,8 @@ def _cells(m: EvalMatrices, rows: list[str]) -> tuple[dict, dict, list[str]]:
             if bad:
                 cells[(row, st)] = Cell(float("nan"), float("nan"), n_tasks, n_seeds, nonfinite_tasks=bad)
                 notes.append(f"{row} at {st[1]}-shot: the adapted {m.metric} is not finite on {bad} of {n_tasks} "
-                             f"tasks after {m.inner_steps} inner steps (shown, not ranked)")
+                             f"tasks after {m.inner_steps} inner steps (no mean, no paired test; last in its setting "
+                             "for the average rank)")
                 continue
             mean, ci = stats.mean_ci(task_mean)
             cells[(row, st)] = Cell(mean, ci, n_tasks, n_seeds, seed_interval(mat) if n_seeds >= 2 else None)

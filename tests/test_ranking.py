@@ -202,8 +202,11 @@ def test_non_finite_eval_losses_are_diverged_cells_ranked_last(shift_ds):
         c = r.cells[("mt-net", (10, s))]
         assert c.nonfinite_tasks == 7 and c.n_tasks == N_TASKS and not c.best
         assert not c.tied_with_best
-    # a diverged cell ranks last in its setting (it is not averaged, and not dropped either)
+    # a diverged cell ranks last in its setting (it is not averaged, and not dropped either), and its
+    # note says so
     assert r.avg_rank["mt-net"] == len(r.variants)
+    assert any(n.startswith(f"mt-net at {SHOTS[0]}-shot: the adapted loss is not finite on 7 of {N_TASKS} tasks")
+               and n.endswith("(no mean, no paired test; last in its setting for the average rank)") for n in r.notes)
     assert all(r.avg_rank[v] < len(r.variants) for v in r.variants if v != "mt-net")
     assert sum("not finite on 7 of 200 tasks after 5 inner steps" in n for n in r.notes) == 2
     from rich.console import Console
