@@ -186,17 +186,23 @@ def check(
         fail(f"--slots: must be at least 1 (got {slots})")
     plan = driven(lambda: run_check(str(spec), storage=storage, stage=stage, slots=slots), "")
     table = Table(title=f"{spec}: what `metasweep sweep` would run ({plan['slots']} at once)")
-    for col in ("stage", "cell", "trials", "bundles (members each)", "meta-steps a trial"):
-        table.add_column(col, justify="left" if col in ("stage", "cell") else "right")
+    continues = plan["state"] == "continues"
+    columns = ("stage", "cell", "trials", "bundles (members each)", "meta-steps a trial") + (("state",) if continues else ())
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("stage", "cell", "state") else "right")
     for r in plan["stages"]:
         parts = r["bundles"]
         bundles = " + ".join(map(str, parts)) if max(parts) > 1 else "none (a trial each)"
-        table.add_row(r["stage"], r["cell"], str(r["trials"]), bundles, str(r["meta_steps"]))
+        table.add_row(r["stage"], r["cell"], str(r["trials"]), bundles, str(r["meta_steps"]),
+                      *(("done" if r["done"] else "to run",) if continues else ()))
     out.print(table)
-    trials = sum(r["trials"] for r in plan["stages"])
-    steps = sum(r["trials"] * r["meta_steps"] for r in plan["stages"])
+    todo = [r for r in plan["stages"] if not r["done"]]
+    trials = sum(r["trials"] for r in todo)
+    steps = sum(r["trials"] * r["meta_steps"] for r in todo)
     stages = {r["stage"] for r in plan["stages"]}
-    out.print(f"{trials} trials, {steps:,} meta-steps in all"
+    done = len(plan["stages"]) - len(todo)
+    out.print(f"{trials} trials, {steps:,} meta-steps {'to run' if done else 'in all'}"
+              + (f" ({done} of {len(plan['stages'])} stage cells done)" if done else "")
               + ("; test trials use each cell's tuned configuration" if {"tune", "test"} <= stages else ""))
     if plan["one_tuner"]:
         out.print("tune and test run in one Tuner: each cell's test bundles start when its tune cell has ended")

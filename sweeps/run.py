@@ -26,7 +26,7 @@ from .preflight import preflight
 from .report import best_configs, check_untuned, hp_sources, print_best, print_sources
 from .session import Interrupted, check_address, ray_session  # noqa: F401 (Interrupted: the CLI's)
 from .spec import Spec, load_spec, parse_spec, spec_base
-from .stages import Run, StageFailed, run_fixed_stage, run_tune_stage  # noqa: F401 (StageFailed: the CLI's)
+from .stages import Run, StageFailed, recorded_done, run_fixed_stage, run_tune_stage  # noqa: F401 (StageFailed: the CLI's)
 
 console = make_console(stderr=True)
 
@@ -56,7 +56,8 @@ def check(spec_path: str, storage: str | None = None, stage: str = "all", slots:
     folder, every size constraint: UserError naming the field), without starting Ray or writing
     anything: {"experiment": where it goes, "state": new / continues / conflicts, "slots": trials at
     once, "stages": [{"stage", "cell", "trials", "bundles" (members of each; 1s: no bundles),
-    "meta_steps"}, ...], "one_tuner": whether tune and test run in one Tuner (sweeps.pipeline)}.
+    "meta_steps", "done" (the manifest of the experiment there says so)}, ...], "one_tuner": whether
+    tune and test run in one Tuner (sweeps.pipeline)}.
     Bundle sizes are those of `slots` (default: this machine's CPUs over a trial's, at most
     max_concurrent); a cluster with other slots bundles differently."""
     from .bundle_trial import bundle_groups
@@ -70,8 +71,9 @@ def check(spec_path: str, storage: str | None = None, stage: str = "all", slots:
         raise UserError(format_error(e, lambda loc: f"spec {spec_path}, field {dotted(loc)}")) from None
     existing = read_text(exp_uri, "spec.yaml")
     state = "new" if existing is None else ("continues" if existing == text else "conflicts")
+    manifest = read_manifest(exp_uri) if state == "continues" else {}
     if state == "continues":
-        refuse_one_stage(exp_uri, read_manifest(exp_uri), stage)
+        refuse_one_stage(exp_uri, manifest, stage)
     if slots is None:
         import torch
 
@@ -86,7 +88,7 @@ def check(spec_path: str, storage: str | None = None, stage: str = "all", slots:
         parts = ([len(g) for g in bundle_groups(cfgs, size)] if stage_name != "tune" else
                  [min(size, len(cfgs) - i) for i in range(0, len(cfgs), size)])
         rows.append({"stage": stage_name, "cell": cell.name, "trials": len(cfgs), "bundles": parts,
-                     "meta_steps": cfgs[0].meta_steps})
+                     "meta_steps": cfgs[0].meta_steps, "done": recorded_done(manifest, stage_name, cell.name)})
 
     def by_cell(configs):
         out: dict = {}
@@ -123,6 +125,10 @@ def resume(exp_uri: str, address: str | None = None, stage: str = "all") -> str:
         raise UserError(f"{exp_uri}: not an experiment folder (no spec.yaml); start one with metasweep sweep SPEC")
     manifest = read_manifest(exp_uri)
     spec, _, spec_hash = parse_spec(text, f"{exp_uri}/spec.yaml", base=manifest.get("spec_base"))
+    stages = ["grid"] if spec.mode == "grid" else [s for s in ("tune", "test") if stage in (s, "all")]
+    if all(recorded_done(manifest, s, c.name) for s in stages for c in cells(spec)):
+        console.print(f"{exp_uri}: every stage is done; nothing left to run")
+        return exp_uri
     drive(spec, text, spec_hash, exp_uri, manifest, stage, address, f"spec {exp_uri}/spec.yaml",
           f"resuming experiment [bold]{spec.experiment}[/] at {exp_uri}")
     return exp_uri

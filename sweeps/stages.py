@@ -211,6 +211,16 @@ def announce(run: Run, tc: TuneCell) -> None:
         rungs_for(run, tc.cell, create=True)
 
 
+def recorded_done(manifest: dict, stage: str, cell: str) -> bool:
+    """Whether the manifest records a stage cell as done (a tune cell by its own entry; a test or grid
+    cell by its stage's, with the cell's inputs remembered). The stages also compare those inputs with
+    the ones they would run now."""
+    cells = manifest.get("cells", {})
+    if stage == "tune":
+        return cells.get(f"tune-{cell}") == "done"
+    return cells.get(stage) == "done" and cell in manifest.get("inputs", {}).get(stage, {})
+
+
 def plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 

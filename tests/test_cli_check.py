@@ -1,6 +1,7 @@
 """`metasweep check SPEC`: the checks `sweep` makes before its first trial, and what it would run
 (stages, cells, trials, bundles, meta-steps, where the results go), without Ray and without writing."""
 
+import json
 import shutil
 import subprocess
 import sys
@@ -55,6 +56,15 @@ def test_check_says_whether_the_experiment_continues_or_conflicts(tmp_path):
     (exp / "spec.yaml").write_text(QUICKSTART.read_text())
     same = cli("check", str(spec), cwd=tmp_path)
     assert same.returncode == 0 and "continues the experiment there (the same spec)" in " ".join(same.stdout.split())
+    # what its manifest records as done is said, and left out of the totals
+    (exp / "manifest.json").write_text(json.dumps({"cells": {"tune-maml-k10": "done", "tune-t-net-k10": "done",
+                                                             "test": "done"}, "inputs": {"test": {"maml-k10": "h"}}}))
+    part = cli("check", str(spec), cwd=tmp_path)
+    assert part.returncode == 0, part.stderr
+    states = {(row[0], row[1]): row[-1] for row in rows(part.stdout)}
+    assert states == {("tune", "maml-k10"): "done", ("tune", "t-net-k10"): "done", ("tune", "mt-net-k10"): "to run",
+                      ("test", "maml-k10"): "done", ("test", "t-net-k10"): "to run", ("test", "mt-net-k10"): "to run"}
+    assert "10 trials, 4,000 meta-steps to run (3 of 6 stage cells done)" in part.stdout
     (exp / "spec.yaml").write_text(QUICKSTART.read_text() + "\n# edited\n")
     other = cli("check", str(spec), cwd=tmp_path)
     assert other.returncode == 2

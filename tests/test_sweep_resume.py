@@ -157,3 +157,10 @@ def test_killed_driver_then_resume_gives_every_trial_and_row_exactly_once(tmp_pa
         study = optuna.load_study(study_name=f"resume.{cell}", storage=storage)
         complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         assert len(complete) == 3, (cell, [t.state for t in study.trials])
+    # resumed once more, it has nothing left to run: says so, starts no Ray, writes nothing
+    files = sorted(str(p) for p in exp.rglob("*") if p.is_file())
+    again = subprocess.run(cli("resume", str(exp), "--no-rank"), cwd=tmp_path, capture_output=True, text=True,
+                           timeout=120)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"{exp}: every stage is done; nothing left to run" in again.stderr
+    assert "Started a local Ray" not in again.stderr and sorted(str(p) for p in exp.rglob("*") if p.is_file()) == files
