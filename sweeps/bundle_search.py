@@ -202,8 +202,9 @@ class CellsSearch(Searcher):
         search = self.searches[cell]
         search.on_trial_complete(trial_id, result, error)
         if self.then is not None and cell not in self.fed and search.asked >= search.total and not search.pending:
+            points = NEXT_STAGE[self.then](cell)  # first: should it raise, the cell is not marked fed
             self.fed = self.fed | {cell}
-            self.queued = [*self.queued, *NEXT_STAGE[self.then](cell)]
+            self.queued = [*self.queued, *points]
 
 
 class Rungs:
