@@ -45,6 +45,7 @@ from .stages import (
     bundle_points,
     bundle_search_for,
     fail_if_all_errored,
+    mark_tune_cells_done,
     plural,
     prepare_tune_cell,
     quarantine_rows,
@@ -178,15 +179,7 @@ def pipelined(run: Run, todo: list[TuneCell], sizes: dict[Cell, int], name: str)
         by_stage[t.config.get("meta", {}).get("stage", "tune")].append(t)
     settle(run, "tune", by_stage["tune"], set(test_cells))
     settle(run, "test", by_stage["test"], set(test_cells))
-    failed = []
-    for tc in todo:
-        try:
-            fail_if_all_errored(run.exp_uri, "tune", [tc.cell], tc.name)
-        except StageFailed as e:
-            failed.append(str(e))
-            continue
-        manifest["cells"][tc.name] = "done"
-        manifest.setdefault("inputs", {})[tc.name] = tc.inputs
+    failed = mark_tune_cells_done(run, todo)
     best = best_configs(spec, run.exp_uri)
     manifest["best"] = best
     print_best(spec, best)

@@ -177,18 +177,25 @@ def run_tune_cells(run: Run, group: list[TuneCell]) -> None:
         trials = fit(tuner_for(run, name, make, "tune", [tc.cell for tc in group], bundled),
                      sum(tc.n_trials for tc in group), name)
     settle(run, "tune", trials, {tc.cell for tc in group})
+    failed = mark_tune_cells_done(run, group)
+    write_manifest(run.exp_uri, run.manifest)
+    if failed:
+        raise StageFailed("\n".join(failed))
+
+
+def mark_tune_cells_done(run: Run, group: list[TuneCell]) -> list[str]:
+    """Each tune cell of `group` done in the manifest (with its inputs), except a cell whose every
+    trial errored: those fail the sweep, and their messages are returned."""
     failed = []
-    for tc in group:  # a cell whose every trial errored fails the sweep; the others are done all the same
+    for tc in group:
         try:
             fail_if_all_errored(run.exp_uri, "tune", [tc.cell], tc.name)
         except StageFailed as e:
-            failed.append(e)
+            failed.append(str(e))
             continue
         run.manifest["cells"][tc.name] = "done"
         run.manifest.setdefault("inputs", {})[tc.name] = tc.inputs
-    write_manifest(run.exp_uri, run.manifest)
-    if failed:
-        raise StageFailed("\n".join(str(e) for e in failed))
+    return failed
 
 
 def tune_config_of(run: Run, tc: TuneCell) -> dict:
