@@ -66,14 +66,17 @@ def run_config(spec: Spec, exp_uri: str, name: str, progress: str | None = None)
     from ray.tune.logger import JsonLoggerCallback
 
     from .progress import TrialProgress
+    from .retention import LatestCheckpoints
 
     path, fs = storage_of(exp_uri)
     return tune.RunConfig(
         name=name, storage_path=path, storage_filesystem=fs,
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        # Tune deletes no checkpoint: its saved state may name any of them after a crash (sweeps.retention)
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
         verbose=0,
-        callbacks=[TrialProgress(progress or name), JsonLoggerCallback()],  # result.json: ResultGrid reads it
+        callbacks=[TrialProgress(progress or name), JsonLoggerCallback(),  # result.json: ResultGrid reads it
+                   LatestCheckpoints()],
     )
 
 

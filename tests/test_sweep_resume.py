@@ -1,9 +1,15 @@
 """Killing the driver mid-sweep, then `metasweep resume`: every trial and row exactly once; a second
 driver meanwhile is refused; resumed after a move (SIGKILL, during the tune stage) or with a foreign
 file in the dataset (SIGINT, during the test stage: the tune and test stages run in one Tuner, whose
-searcher holds the test bundles still to run - sweeps.pipeline)."""
+searcher holds the test bundles still to run - sweeps.pipeline).
+
+After SIGKILL, Tune's saved state is one written seconds before the kill (Tune snapshots it every 10
+s or more): the test puts back an older snapshot of the run, one that names a checkpoint of a
+running trial that has since been followed by two more - the one Tune's `num_to_keep=2` used to have
+deleted already, so the resumed trial failed with "does not exist on storage anymore" (sweeps.retention)."""
 
 import collections
+import json
 import os
 import re
 import shutil
@@ -11,8 +17,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
+import cloudpickle
 import optuna
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -68,6 +76,60 @@ def wait_for(exp, driver, stage: str) -> None:
     pytest.fail(f"no {stage} trial got past its second report in time")
 
 
+def named_checkpoints(state: bytes) -> list[str]:
+    """The latest checkpoint of each trial that a Tune experiment state names (Tune keeps its
+    checkpoint bookkeeping as a cloudpickle inside the JSON)."""
+    names = []
+    for _, meta in json.loads(state)["trial_data"]:
+        meta = json.loads(meta) if isinstance(meta, str) else meta
+        manager = meta.get("checkpoint_manager") or {}
+        if manager.get("_type") == "CLOUDPICKLE_FALLBACK":
+            latest = cloudpickle.loads(bytes.fromhex(manager["value"])).latest_checkpoint_result
+            if latest is not None:
+                names.append(latest.checkpoint.path)
+    return names
+
+
+class TuneStateHistory(threading.Thread):
+    """Every version of Tune's saved state while the driver runs (polled): the experiment state with
+    the searcher's and callbacks' files saved beside it."""
+
+    def __init__(self, exp):
+        super().__init__(daemon=True)
+        self.exp, self.copies, self.stop = exp, [], threading.Event()
+        self.start()
+
+    def run(self):
+        seen = {}
+        while not self.stop.is_set():
+            for f in (self.exp / "ray").glob("*/experiment_state-*.json") if (self.exp / "ray").exists() else []:
+                try:
+                    data = f.read_bytes()
+                    names = named_checkpoints(data)
+                    files = {g: g.read_bytes() for g in f.parent.iterdir() if g.suffix in (".json", ".pkl")}
+                except (OSError, ValueError):
+                    continue  # being written
+                if seen.get(f) != data:
+                    seen[f] = data
+                    self.copies.append((files, names))
+            time.sleep(0.05)
+
+    def stale(self, driver, limit: float = 300.0):
+        """(files, checkpoint): the newest snapshot naming a checkpoint of a trial that two newer
+        checkpoints followed by now; waits for one."""
+        deadline = time.time() + limit
+        while time.time() < deadline:
+            for files, names in reversed(list(self.copies)):
+                for name in names:
+                    trial_dir, index = os.path.split(name)
+                    newer = [p for p in os.listdir(trial_dir) if p.startswith("checkpoint_") and p > index]
+                    if len(newer) >= 2:
+                        return files, name
+            assert driver.poll() is None, "the sweep ended before a stale snapshot could be made"
+            time.sleep(0.1)
+        pytest.fail("no snapshot of Tune's state named a checkpoint that two newer ones followed")
+
+
 def cli(*args):
     return [sys.executable, "-m", "metasweep.sweeps.cli", *args]
 
@@ -77,8 +139,10 @@ def test_killed_driver_then_resume_gives_every_trial_and_row_exactly_once(tmp_pa
     (tmp_path / "spec.yaml").write_text(SPEC)
     exp = tmp_path / "res" / "resume"
     log = open(tmp_path / "driver.log", "w")
+    history = TuneStateHistory(exp)
+    env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"}  # Tune's snapshots once a second: several per trial
     driver = subprocess.Popen(cli("sweep", "spec.yaml", "--address", ray_head.address, "--no-rank"), cwd=tmp_path,
-                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     try:
         wait_for(exp, driver, "tune")
         # a second driver on the same experiment (issue 11 case 8): refused at once, naming the holder
@@ -88,12 +152,15 @@ def test_killed_driver_then_resume_gives_every_trial_and_row_exactly_once(tmp_pa
         assert f"is being run by another driver: host {socket.gethostname()}, pid {driver.pid}, since " in second.stderr
         if stage == "test":
             wait_for(exp, driver, "test")
+        if how == "SIGKILL":
+            stale_files, stale_checkpoint = history.stale(driver)
         if how == "SIGINT":  # Ctrl+C: Tune stops gracefully; the sweep must say it is unfinished
             os.kill(driver.pid, signal.SIGINT)
             assert driver.wait(120) == 130
             text = (tmp_path / "driver.log").read_text()
             assert "sweep interrupted" in text and f"Continue with: metasweep resume {exp}\n" in text
     finally:
+        history.stop.set()
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)  # the driver and only what it started
         driver.wait(30)
@@ -105,6 +172,10 @@ def test_killed_driver_then_resume_gives_every_trial_and_row_exactly_once(tmp_pa
     if how == "SIGKILL":
         # moved before it is resumed (case 7): nothing stored depends on where it was
         wait_until_quiet(exp)  # the killed driver's trials stop with it (Ray ends its job's actors)
+        # the state a crash can leave: a snapshot older than the last one (the same file, rewritten)
+        assert os.path.isdir(stale_checkpoint), "Tune deleted a checkpoint its saved state may name"
+        for f, data in stale_files.items():
+            f.write_bytes(data)
         old, exp = exp, tmp_path / "moved" / "resume"
         exp.parent.mkdir()
         shutil.move(old, exp)
@@ -135,6 +206,10 @@ def test_killed_driver_then_resume_gives_every_trial_and_row_exactly_once(tmp_pa
     else:
         assert (exp / "damaged" / "trials" / "foreign.parquet").exists()
         assert "set aside a file the dataset cannot read" in r.stderr and "foreign.parquet" in r.stderr
+
+    # once the Tuner has ended, each Tune trial keeps only the checkpoint Tune's state names
+    kept = collections.Counter(p.parent for p in (exp / "ray").glob("*/*/checkpoint_*"))
+    assert kept and set(kept.values()) == {1}, kept
 
     ds = read_dataset(str(exp))
     trials = ds["trials"].to_pylist()

@@ -1,0 +1,72 @@
+"""Which of a trial's checkpoints are kept, and when the others go.
+
+Tune's saved state (`experiment_state-*.json`, what `Tuner.restore` reads) names each trial's latest
+checkpoint *as of the last snapshot*, and snapshots are written every 10 s or more, uploaded in the
+background. With Tune's own `CheckpointConfig(num_to_keep=K)`, the checkpoint a snapshot names is
+deleted as soon as K newer ones are registered - before the next snapshot is stored. A driver killed
+in between (SIGKILL, a lost head node) leaves a state naming a checkpoint that no longer exists: the
+resumed trial fails with "Could not recover from checkpoint as it does not exist on storage anymore"
+on every restart Ray allows.
+
+So Tune deletes nothing (`num_to_keep=None`); while a Tuner runs, every checkpoint of a trial is kept
+(a sine bundle's is 0.1-0.3 MB, one per report). Once `Tuner.fit()` has returned - Tune has then
+saved its state and waited for the upload, also after Ctrl+C - each trial's checkpoints older than
+the latest one Tune registered are deleted (`prune`): that one is what the saved state names. After
+a crash nothing is deleted; the next run of the Tuner that ends does it, for every trial.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ray.tune import Callback
+
+_INDEX = re.compile(r"checkpoint_(\d+)$")
+
+# trial storage directory -> (filesystem, path of the checkpoint Tune's final state names), this driver
+_LATEST: dict[str, tuple[object, str]] = {}
+
+
+class LatestCheckpoints(Callback):
+    """At the end of a Tuner run, remembers each trial's latest checkpoint - the one Tune's state
+    names - for `prune` (a trial that ended in an earlier, killed run too)."""
+
+    def on_experiment_end(self, trials, **info):
+        for trial in trials:
+            checkpoint = trial.checkpoint
+            if checkpoint is not None:
+                parent = checkpoint.path.rstrip("/").rsplit("/", 1)[0]
+                _LATEST[parent] = (checkpoint.filesystem, checkpoint.path)
+
+
+def forget() -> None:
+    """Before a Tuner run: what an earlier run of this process left (one that raised) is not used."""
+    _LATEST.clear()
+
+
+def prune() -> int:
+    """Delete every checkpoint (`checkpoint_<index>` directory) of a trial older than the one Tune's
+    state names; call only after `Tuner.fit()` returned. Newer ones Tune never registered (written
+    by a trial while it was being stopped) are kept. Returns how many were deleted; a deletion that
+    fails is left for a later run."""
+    import pyarrow.fs as pafs
+
+    deleted = 0
+    for parent, (fs, latest) in list(_LATEST.items()):
+        keep = _INDEX.search(latest.rstrip("/"))
+        if keep is None:
+            continue
+        try:
+            entries = fs.get_file_info(pafs.FileSelector(parent, allow_not_found=True))
+        except OSError:
+            continue
+        for e in entries:
+            m = _INDEX.search(e.path.rstrip("/"))
+            if e.type == pafs.FileType.Directory and m and int(m.group(1)) < int(keep.group(1)):
+                try:
+                    fs.delete_dir(e.path)
+                    deleted += 1
+                except OSError:
+                    pass
+        del _LATEST[parent]
+    return deleted
