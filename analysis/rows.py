@@ -64,7 +64,7 @@ def trial_row(*, experiment: str, stage: str, trial_id: str, attempt: int, varia
               wall_seconds: float | None = None, final_val_loss: float | None = None, node: str | None = None,
               device: str | None = None, spec_hash: str = "", started_at: dt.datetime | None = None,
               ended_at: dt.datetime | None = None, package_version: str | None = None,
-              git_sha: str | None = None) -> dict:
+              git_sha: str | None = None, selected_step: int | None = None) -> dict:
     """One row of `trials` (a dict over every declared column) from plain values.
 
     hparams: {name: value} of every hyper-parameter the learner read (JSON scalars).
@@ -72,6 +72,9 @@ def trial_row(*, experiment: str, stage: str, trial_id: str, attempt: int, varia
     a trial whose configuration was drawn by a search (tune stage).
     package_version, git_sha: default to this process's (pass the stored ones to rewrite a row);
     node defaults to this host, ended_at to now. A non-finite final_val_loss is stored as NULL.
+    selected_step: the meta-step of the iterate its eval_tasks rows evaluate (the spec's
+    eval.select; None while running or where nothing was evaluated); final_val_loss is that
+    iterate's validation loss.
     Raises ValueError naming the field for a status, source or hyper-parameter it cannot store.
     """
     if status not in STATUSES:
@@ -94,6 +97,7 @@ def trial_row(*, experiment: str, stage: str, trial_id: str, attempt: int, varia
         "started_at": started_at or now(), "ended_at": ended_at or now(),
         "learner_kind": learner_kind, "inner_loop": bool(inner_loop), "hparams": _json(hparams),
         "hp_source": hp_source, "hp_source_trial": hp_source_trial,
+        "selected_step": None if selected_step is None else int(selected_step),
     }
     return row
 

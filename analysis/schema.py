@@ -28,6 +28,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         # schema version 2: what the learner is and where its hyper-parameters came from
         ("learner_kind", pa.string()), ("inner_loop", pa.bool_()), ("hparams", pa.string()),
         ("hp_source", pa.string()), ("hp_source_trial", pa.string()),
+        ("selected_step", pa.int64()),  # the meta-step of the iterate evaluated (eval.select); null in older files
     ]),
     "curves": pa.schema([
         ("trial_id", pa.string()), ("attempt", pa.int32()), ("meta_step", pa.int64()),
@@ -52,7 +53,7 @@ SCHEMAS: dict[str, pa.Schema] = {
 }
 # columns added to a table after files were first written with it: older files read them as null
 LATER_COLUMNS = {
-    "trials": ("learner_kind", "inner_loop", "hparams", "hp_source", "hp_source_trial"),
+    "trials": ("learner_kind", "inner_loop", "hparams", "hp_source", "hp_source_trial", "selected_step"),
     "cka": ("cca",),
     "eval_tasks": ("return",),
 }

@@ -46,7 +46,7 @@ from .optim import step_optimizers
 from .setup import Setup
 from .state import TrainState
 from .tasks import Batch
-from .train import curve_row, params_finite
+from .train import curve_row, keep_if_best, params_finite
 
 MODES = ("fold", "vmap", "loop")
 
@@ -230,13 +230,14 @@ class _Run:
     wall0: dict
     on_report: Callable | None
     after_reports: Callable | None
+    select: str = "last"
 
     def reports(self, step: int) -> bool:
         return step % self.report_every == 0 or step == self.meta_steps
 
 
 def train_bundle(members: list[Member], meta_steps: int, *, report_every: int = 100, val_tasks: int = 100,
-                 val_seed: int = 0, mode: str = "auto",
+                 val_seed: int = 0, mode: str = "auto", select: str = "last",
                  on_report: Callable[[int, Member, dict], bool | None] | None = None,
                  after_reports: Callable[[int], None] | None = None) -> list[str]:
     """Train every member to `meta_steps` (members resumed from checkpoints at another step catch up
@@ -245,14 +246,15 @@ def train_bundle(members: list[Member], meta_steps: int, *, report_every: int = 
     member, row)` returned True: a scheduler's rung inside the bundle). Curve rows accumulate in each
     member's state, as in core.train; the members reporting at a step are validated in one pass
     (core.evaluate.evaluate_members). `after_reports(step)` runs once they have all reported (e.g. one
-    checkpoint of the whole bundle). mode "auto": `auto_mode`."""
+    checkpoint of the whole bundle). mode "auto": `auto_mode`. `select`: which iterate each member
+    keeps in `state.best`, as in core.train.train."""
     if mode == "auto":
         mode = auto_mode(members[0].setup)
     check_bundle([m.setup for m in members], mode)
     run = _Run(members, meta_steps, report_every, val_tasks, val_seed, mode,
                tuple(n for n in members[0].setup.learner.reads() if hparam_def(n).kind == "float"),
                {id(m): time.perf_counter() - m.state.extra.get("wall_seconds", 0.0) for m in members},
-               on_report, after_reports)
+               on_report, after_reports, select)
     for m in members:
         m.window = []
         if m.status == "running" and m.state.step >= meta_steps:
@@ -302,7 +304,9 @@ def _report(run: _Run, m: Member, cols: dict) -> None:
     st.curves.append(row)
     if not math.isfinite(val_loss):
         m.status = "diverged"
-    elif run.on_report is not None and run.on_report(next(i for i, x in enumerate(run.members) if x is m), m, row):
+        return
+    keep_if_best(st, row, run.select)
+    if run.on_report is not None and run.on_report(next(i for i, x in enumerate(run.members) if x is m), m, row):
         m.status = "stopped_early"
     elif st.step >= run.meta_steps:
         m.status = "completed"

@@ -1,7 +1,8 @@
 """The training state of one trial: everything needed to continue exactly where it stopped.
 
-Parameters, optimiser moments, the RNG that draws tasks and mask noise, the step counter and the
-learning-curve rows so far. `save` then `load` then training on gives, on CPU, bit-for-bit the
+Parameters, optimiser moments, the RNG that draws tasks and mask noise, the step counter, the
+learning-curve rows so far and the iterate kept for evaluation when it is not the last
+(core.train.SELECTIONS). `save` then `load` then training on gives, on CPU, bit-for-bit the
 parameters of an uninterrupted run.
 """
 
@@ -32,6 +33,7 @@ class TrainState:
     seed: int = 0
     curves: list[dict] = field(default_factory=list)
     extra: dict = field(default_factory=dict)  # e.g. attempt counter, wall time so far
+    best: dict | None = None  # the iterate kept for evaluation (core.train.SELECTIONS): {step, value, params}
     runtime: dict = field(default_factory=dict, repr=False, compare=False)  # caches, never saved (CUDA graph)
 
     def to_bytes(self) -> bytes:
@@ -45,6 +47,8 @@ class TrainState:
                 "seed": self.seed,
                 "curves": self.curves,
                 "extra": self.extra,
+                "best": None if self.best is None else
+                {**self.best, "params": {k: v.detach().cpu() for k, v in self.best["params"].items()}},
             },
             buf,
         )
@@ -71,7 +75,10 @@ def state_from_bytes(setup: Setup, data: bytes) -> TrainState:
     optimizer.load_state_dict(blob["optimizer"])
     generator = torch.Generator()
     generator.set_state(blob["generator"])
-    return TrainState(params, optimizer, generator, blob["step"], blob["seed"], blob["curves"], blob["extra"])
+    best = blob.get("best")  # absent in checkpoints written before selection existed
+    if best is not None:
+        best = {**best, "params": {k: v.to(device=setup.device, dtype=setup.dtype) for k, v in best["params"].items()}}
+    return TrainState(params, optimizer, generator, blob["step"], blob["seed"], blob["curves"], blob["extra"], best=best)
 
 
 def load_state(setup: Setup, path) -> TrainState:

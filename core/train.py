@@ -28,17 +28,49 @@ def validation_loss(setup: Setup, params, val_tasks: int, eval_seed: int) -> tup
     return float(cols["loss"].mean()), (None if np.isnan(acc).all() else float(acc.mean()))
 
 
+# which iterate of a trial is evaluated on the test tasks (the spec's `eval.select`):
+#   last       - the parameters after the last meta-step
+#   best_val   - those of the report with the lowest validation loss (meta-validation tasks; for RL the
+#                highest validation return)
+#   best_train - those of the report with the lowest mean meta-training loss since the previous
+#                report (the ANIL paper's RL protocol: "the best iterate selected on training returns")
+# Ties keep the earlier report. Only reports are candidates (every `report_every` steps and the last).
+SELECTIONS = {"last": None, "best_val": "val_loss", "best_train": "meta_train_loss"}
+
+
+def keep_if_best(state: TrainState, row: dict, select: str) -> None:
+    """After a report `row` (a curve row of `state.step`): keep a copy of the parameters in
+    `state.best` if `select` ranks them above the kept ones. Non-finite values never win."""
+    key = SELECTIONS[select]
+    if key is None:
+        return
+    value = row.get(key)
+    if value is None or not math.isfinite(value):
+        return
+    if state.best is None or value < state.best["value"]:
+        state.best = {"step": int(row["meta_step"]), "value": float(value),
+                      "params": {k: v.detach().clone() for k, v in state.params.items()}}
+
+
+def selected(state: TrainState, select: str) -> tuple[dict, int]:
+    """(parameters, meta-step) of the iterate to evaluate: the kept one, else the current one (also
+    for `last`, and for a selection that kept nothing: no finite report)."""
+    if SELECTIONS[select] is not None and state.best is not None:
+        return state.best["params"], state.best["step"]
+    return state.params, state.step
+
+
 def params_finite(params) -> bool:
     return bool(torch.stack([torch.isfinite(p).all() for p in params.values()]).all())
 
 
 def train(setup: Setup, state: TrainState, meta_steps: int, *, report_every: int = 100,
-          val_tasks: int = 100, val_seed: int = 0,
+          val_tasks: int = 100, val_seed: int = 0, select: str = "last",
           on_report: Callable[[TrainState, dict], None] | None = None) -> str:
     """Run until `meta_steps` outer steps are done. Returns "completed" or "diverged" (a NaN/inf
     loss: a result, not a crash). A scheduler that stops a trial early does so from outside (Ray
     Tune ends the trial at a report). Curve rows accumulate in `state.curves` so that they survive a
-    checkpoint/resume.
+    checkpoint/resume. `select` (SELECTIONS): which iterate `state.best` keeps, at reports.
 
     On CUDA each step's loss is read one step late: reading it waits for the GPU, and meanwhile the
     CPU has already sampled and queued the next meta-batch (on an H100 sampling Omniglot episodes
@@ -68,6 +100,7 @@ def train(setup: Setup, state: TrainState, meta_steps: int, *, report_every: int
             state.curves.append(row)
             if not math.isfinite(val_loss):
                 return "diverged"
+            keep_if_best(state, row, select)
             if on_report is not None:
                 on_report(state, row)  # the caller's side effects (progress, Tune's report and checkpoint)
     return "completed"

@@ -25,7 +25,7 @@ from metasweep.analysis.store import write_trial
 from metasweep.core.state import load_state
 
 from .bundle_trial import run_bundle
-from .trainable import row_of
+from .trainable import final_row, row_of
 from .trial import TrialConfig, build_setup, curve_columns, failure, resolve_device
 from .trial import now as utc_now
 
@@ -127,10 +127,7 @@ def metasweep_bundle_trainable(config: dict, results_uri: str) -> None:
     for i, r in enumerate(results):
         row = None
         if i not in crashed:
-            row = row_of(cfgs[i], member_meta(i), ids[i], attempts[i], started, status=r.status,
-                         device=r.trial_row.get("device"), error=r.trial_row.get("error"),
-                         meta_steps=r.trial_row.get("meta_steps") or 0, wall_seconds=r.trial_row.get("wall_seconds"),
-                         final_val_loss=r.trial_row.get("final_val_loss"), ended_at=r.trial_row.get("ended_at"))
+            row = final_row(cfgs[i], member_meta(i), ids[i], attempts[i], started, r)
             try:
                 write_trial(uri, row, r.curves, r.eval_tasks, extra={"cka": r.cka})
             except Exception as e:

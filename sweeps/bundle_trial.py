@@ -19,6 +19,7 @@ from metasweep.core.bundle import Member, train_bundle
 from metasweep.core.evaluate import evaluate_members
 from metasweep.core.hparams import HPARAMS
 from metasweep.core.state import init_state
+from metasweep.core.train import selected
 
 from .trial import (
     TrialConfig,
@@ -27,6 +28,7 @@ from .trial import (
     build_setup,
     check_trial,
     curve_columns,
+    evaluated,
     failure,
     now,
     resolve_device,
@@ -89,7 +91,8 @@ def run_bundle(cfgs: list[TrialConfig], *, trial_ids: list[str], experiment: str
     try:
         train_bundle([members[i] for i in order], cfgs[order[0]].meta_steps if order else 0,
                      report_every=cfgs[0].report_every, val_tasks=cfgs[0].val_tasks, val_seed=cfgs[0].val_seed,
-                     mode=mode, on_report=(lambda j, m, row: on_report(order[j], m, row)) if on_report else None,
+                     mode=mode, select=cfgs[order[0]].select if order else "last",
+                     on_report=(lambda j, m, row: on_report(order[j], m, row)) if on_report else None,
                      after_reports=after_reports)
         phase = "evaluation"
         evals = _evaluation(cfgs, members, [i for i in order if members[i].status == "completed"])
@@ -107,7 +110,7 @@ def _evaluation(cfgs: list[TrialConfig], members: dict, done: list[int]) -> dict
     if not done:
         return {}
     c = cfgs[done[0]]
-    cols = evaluate_members([members[i].setup for i in done], [members[i].state.params for i in done],
+    cols = evaluate_members([members[i].setup for i in done], [selected(members[i].state, c.select)[0] for i in done],
                             split=c.eval_split, eval_seed=c.eval_seed, n_tasks=c.eval_tasks, shots=c.eval_shots,
                             steps=c.eval_steps, mask_eval=c.mask_eval)
     out = {}
@@ -127,8 +130,8 @@ def _result(cfg: TrialConfig, m: Member, ident: dict, eval_cols: dict, error: st
             cka_cols = _cka(cfg, m.setup, m.state)
         except Exception as e:
             status, error = "errored", failure("CKA", e)
-    final_val = m.state.curves[-1]["val_loss"] if m.state.curves else None
     row = trial_row(cfg, **ident, setup=m.setup, status=status, error=error or None, meta_steps=m.state.step,
-                    wall_seconds=m.state.extra.get("wall_seconds", time.perf_counter() - t0), final_val_loss=final_val)
+                    wall_seconds=m.state.extra.get("wall_seconds", time.perf_counter() - t0),
+                    **evaluated(cfg, m.state, bool(eval_cols)))
     summary = summarize_rows(eval_cols) if eval_cols else []
     return TrialResult(status, row, curve_columns(m.state.curves), eval_cols, summary, cka_cols)

@@ -76,6 +76,8 @@ def train(
     eval_seed: int | None = typer.Option(None, help="seed that fixes the evaluation tasks"),
     report_every: int | None = typer.Option(None, help="validation + curve row every K meta-steps"),
     val_tasks: int | None = typer.Option(None, help="meta-validation tasks per report"),
+    select: str | None = typer.Option(None, help="the iterate evaluated: last | best_val (lowest validation loss "
+                                                 "at a report) | best_train (lowest meta-training loss)"),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
     cuda_graphs: bool = typer.Option(True, help="CUDA: replay each meta-gradient from a captured CUDA graph "
                                      "(same math, fewer kernel launches)"),
@@ -122,6 +124,9 @@ def train_one(cfg, out_dir: Path):
         write_trial(str(out_dir), result.trial_row, {}, {})
     console.print(f"status: [bold]{result.status}[/]  meta-steps: {result.trial_row['meta_steps']}  "
                   f"wall: {result.trial_row['wall_seconds']:.1f}s  device: {result.trial_row['device']}")
+    if result.summary and cfg.select != "last":
+        console.print(f"evaluated: the iterate of meta-step {result.trial_row['selected_step']} "
+                      f"({cfg.select}: validation loss {result.trial_row['final_val_loss']:.4f})")
     if result.summary:
         where = f"{cfg.variant} on {cfg.task}"
         print_summary(result.summary, f"{where}: eval loss on {cfg.eval_tasks} meta-test tasks")

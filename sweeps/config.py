@@ -22,6 +22,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from metasweep.core import registry
 from metasweep.core.hparams import HPARAMS, hparam_def
 from metasweep.core.hparams import default as hp_default
+from metasweep.core.train import SELECTIONS
 
 _NO_VALUE = object()
 
@@ -104,6 +105,7 @@ Index = Annotated[int, _at_least(0)]
 Counts = Annotated[list[int], AfterValidator(lambda v: _int_list(v, 1))]
 Steps = Annotated[list[int], AfterValidator(lambda v: _int_list(v, 0))]
 MaskEval = Literal[hparam_def("mask_eval").choices]
+Select = Literal[tuple(SELECTIONS)]
 
 
 def known(name: str, names: list[str], what: str, listed: str) -> str:
@@ -293,6 +295,7 @@ class EvalSpec(Strict):
     val_seed: Index = 0
     mask_eval: MaskEval = hp_default("mask_eval")
     cka_tasks: Index = 0  # per-layer CKA/SVCCA before/after the inner loop on that many tasks (table cka)
+    select: Select = "last"  # which iterate is evaluated: last | best_val | best_train (core.train.SELECTIONS)
 
 
 # hyper-parameters with a home of their own in the config (not in `defaults:`)

@@ -53,7 +53,7 @@ def trial_config(spec: RunSpec, cell: Cell, *, split: str, seed: int, **override
         train_shots_range=spec.variant(cell.variant).train_shots_range,
         meta_steps=b.meta_steps, report_every=b.report_every, val_tasks=e.val_tasks, val_seed=e.val_seed,
         eval_split=split, eval_seed=e.seed, eval_tasks=e.tasks, eval_shots=tuple(e.shots),
-        eval_steps=tuple(e.inner_steps), seed=seed, cka_tasks=e.cka_tasks, plugins=tuple(spec.plugins))
+        eval_steps=tuple(e.inner_steps), seed=seed, cka_tasks=e.cka_tasks, select=e.select, plugins=tuple(spec.plugins))
     reads = spec.learner(cell.variant).reads()
     own = spec.variant(cell.variant).defaults
     for name in (*COMMON, *(h for h in {**spec.defaults, **own} if h not in COMMON and h in reads)):

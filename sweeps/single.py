@@ -20,7 +20,7 @@ FIELDS = {
     "meta_batch": ("budget", "meta_batch"), "inner_steps": ("budget", "inner_steps"), "eval_shots": ("eval", "shots"),
     "eval_steps": ("eval", "inner_steps"), "eval_tasks": ("eval", "tasks"), "eval_seed": ("eval", "seed"),
     "val_tasks": ("eval", "val_tasks"), "mask_eval": ("eval", "mask_eval"), "cka_tasks": ("eval", "cka_tasks"),
-    "hparam": ("defaults",), "alpha": ("defaults", "alpha"), "beta": ("defaults", "beta"),
+    "select": ("eval", "select"), "hparam": ("defaults",), "alpha": ("defaults", "alpha"), "beta": ("defaults", "beta"),
     "temperature": ("defaults", "temperature"),
 }
 
@@ -91,6 +91,7 @@ def config_data(o: dict) -> dict:
         "budget": budget,
         "eval": _given({"shots": eval_shots, "tasks": o["eval_tasks"], "seed": o["eval_seed"],
                         "val_tasks": o["val_tasks"], "mask_eval": o["mask_eval"], "cka_tasks": o["cka_tasks"],
+                        "select": o["select"],
                         "inner_steps": int_list(o["eval_steps"], "--eval-steps") if o["eval_steps"] else None}),
         "defaults": {**pairs(o["hparam"], "--hparam"), **_given({k: o[k] for k in ("alpha", "beta", "temperature")})},
     })

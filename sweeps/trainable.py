@@ -68,7 +68,7 @@ def final_row(cfg: TrialConfig, meta: dict, trial_id: str, attempt: int, started
     r = result.trial_row
     return row_of(cfg, meta, trial_id, attempt, started, status=result.status, device=r.get("device"),
                   error=r.get("error"), meta_steps=r.get("meta_steps") or 0, wall_seconds=r.get("wall_seconds"),
-                  final_val_loss=r.get("final_val_loss"), ended_at=r.get("ended_at"))
+                  final_val_loss=r.get("final_val_loss"), selected_step=r.get("selected_step"), ended_at=r.get("ended_at"))
 
 
 def trial_config_of(config: dict) -> tuple[dict, TrialConfig]:

@@ -21,7 +21,7 @@ from metasweep.core.hparams import default as default_hparam
 from metasweep.core.registry import load_plugins, make_family, make_learner
 from metasweep.core.setup import Setup, check_sizes
 from metasweep.core.state import TrainState, init_state
-from metasweep.core.train import train
+from metasweep.core.train import selected, train
 
 from .config import Budget, EvalSpec, ModelSpec, RunSpec, TaskSpec, field_default
 
@@ -63,6 +63,7 @@ class TrialConfig:
     #                       dense nets, the measured fastest for the conv net on the device)
     cuda_graphs: bool = True  # CUDA: meta-gradient replayed from a captured graph (core/graphs.py)
     tf32: bool = False  # CUDA: TF32 convolutions/matmuls (core.setup.Setup.math_mode)
+    select: str = _E.select  # which iterate is evaluated (core.train.SELECTIONS)
     cka_tasks: int = _E.cka_tasks  # image tasks: > 0 computes per-layer CKA before/after the inner loop on that many
     #                     evaluation tasks (the results table `cka`, core/similarity.py); learners without an
     #                     inner loop of parameters skip it
@@ -177,7 +178,7 @@ def run_trial(cfg: TrialConfig, *, trial_id: str, experiment: str = "train", sta
     error, eval_cols, cka_cols, phase = "", {}, {}, "training"
     try:
         status = train(setup, state, cfg.meta_steps, report_every=cfg.report_every, val_tasks=cfg.val_tasks,
-                       val_seed=cfg.val_seed, on_report=on_report)
+                       val_seed=cfg.val_seed, select=cfg.select, on_report=on_report)
         phase = "evaluation"
         if status == "completed":
             eval_cols = _evaluation(cfg, setup, state)
@@ -186,17 +187,27 @@ def run_trial(cfg: TrialConfig, *, trial_id: str, experiment: str = "train", sta
                 cka_cols = _cka(cfg, setup, state)
     except Exception as e:  # a result to record, not a crash of the sweep
         status, error = "errored", failure(phase, e)
-    final_val = state.curves[-1]["val_loss"] if state.curves else None
     row = trial_row(cfg, **ident, setup=setup, status=status, error=error or None, meta_steps=state.step,
-                    wall_seconds=state.extra.get("wall_seconds", time.perf_counter() - t0), final_val_loss=final_val)
+                    wall_seconds=state.extra.get("wall_seconds", time.perf_counter() - t0),
+                    **evaluated(cfg, state, bool(eval_cols)))
     summary = summarize(eval_cols) if eval_cols else []
     return TrialResult(status, row, curve_columns(state.curves), eval_cols, summary, cka_cols)
 
 
+def evaluated(cfg: TrialConfig, state: TrainState, has_eval: bool) -> dict:
+    """The row's final_val_loss and selected_step: the validation loss of the iterate `cfg.select`
+    chose (core.train.selected) and its meta-step (None when nothing was evaluated); the last
+    report's validation loss for a trial that did not finish."""
+    params, step = selected(state, cfg.select)
+    rows = [r for r in state.curves if r["meta_step"] == step] if has_eval else state.curves[-1:]
+    return {"final_val_loss": rows[-1]["val_loss"] if rows else None, "selected_step": step if has_eval else None}
+
+
 def _evaluation(cfg: TrialConfig, setup: Setup, state: TrainState) -> dict:
-    """The eval_tasks rows. A non-finite evaluation loss (e.g. many inner steps with a large alpha)
-    is an evaluation result, kept as is in its row and flagged by the ranking."""
-    cols = evaluate(setup, state.params, split=cfg.eval_split, eval_seed=cfg.eval_seed, n_tasks=cfg.eval_tasks,
+    """The eval_tasks rows, of the iterate `cfg.select` chose. A non-finite evaluation loss (e.g. many
+    inner steps with a large alpha) is an evaluation result, kept as is in its row and flagged by the
+    ranking."""
+    cols = evaluate(setup, selected(state, cfg.select)[0], split=cfg.eval_split, eval_seed=cfg.eval_seed, n_tasks=cfg.eval_tasks,
                     shots=cfg.eval_shots, steps=cfg.eval_steps, mask_eval=cfg.mask_eval)
     n = len(cols["loss"])
     masked = "mask_eval" in setup.learner.reads()
@@ -207,7 +218,8 @@ def _evaluation(cfg: TrialConfig, setup: Setup, state: TrainState) -> dict:
 def _cka(cfg: TrialConfig, setup: Setup, state: TrainState) -> dict:
     from metasweep.core.similarity import cka_before_after
 
-    cols = cka_before_after(setup, state.params, split=cfg.eval_split, eval_seed=cfg.eval_seed, n_tasks=cfg.cka_tasks)
+    cols = cka_before_after(setup, selected(state, cfg.select)[0], split=cfg.eval_split, eval_seed=cfg.eval_seed,
+                            n_tasks=cfg.cka_tasks)
     n = len(cols["cka"])
     return {**cols, "split": [cfg.eval_split] * n, "eval_seed": [cfg.eval_seed] * n, "shots": [cfg.train_shots] * n}
 

@@ -41,15 +41,19 @@ def same_result(a, b, exact):
                                            err_msg=k)
 
 
-@pytest.mark.parametrize("mode", ["loop", "fold", "vmap"])
-def test_a_bundle_writes_the_rows_each_member_would_write_alone(mode):
-    cfgs = [cfg(seed=s, alpha=a, temperature=c, engine={"fold": "batched", "vmap": "vmap"}.get(mode, "batched"))
+@pytest.mark.parametrize("mode, select", [("loop", "last"), ("fold", "last"), ("vmap", "last"), ("loop", "best_val"),
+                                          ("vmap", "best_train")])
+def test_a_bundle_writes_the_rows_each_member_would_write_alone(mode, select):
+    """Also with a selection (eval.select): each member keeps and evaluates its own iterate."""
+    cfgs = [cfg(seed=s, alpha=a, temperature=c, engine={"fold": "batched", "vmap": "vmap"}.get(mode, "batched"),
+                select=select, report_every=6 if select == "last" else 3)
             for s, a, c in ((0, 0.01, 1.0), (1, 0.03, 0.5), (2, 0.02, 2.0))]
     ids = [f"test-m{i}" for i in range(3)]
     bundled = run_bundle(cfgs, trial_ids=ids, stage="test", mode=mode)
     for c, tid, b in zip(cfgs, ids, bundled):
         alone = run_trial(c, trial_id=tid, stage="test")
         same_result(alone, b, exact=mode == "loop")
+        assert b.trial_row["selected_step"] == alone.trial_row["selected_step"] is not None
 
 
 def test_a_refused_member_is_errored_and_its_siblings_complete():

@@ -35,12 +35,15 @@ def test_a_stopped_trials_running_row_has_the_final_rows_columns():
     assert [r["meta_steps"] for r in running] == [2, 4]
     for r in (*running, final):
         assert list(r) == SCHEMAS["trials"].names
-        assert filled(r) == filled(final) - {"error"}
+        assert filled(r) - {"selected_step"} == filled(final) - {"error", "selected_step"}
         assert r["temperature"] is None and r["mask_eval"] is None  # maml reads neither
         assert r["device"] == "cpu" and r["git_sha"] and r["variant_switches"] and r["package_version"]
         assert (r["learner_kind"], r["inner_loop"], r["hp_source"]) == ("gradient", True, "given")
-    assert {k: v for k, v in running[-1].items() if k not in ("status", "wall_seconds", "ended_at", "final_val_loss")} == \
-        {k: v for k, v in final.items() if k not in ("status", "wall_seconds", "ended_at", "final_val_loss")}
+    # the iterate evaluated: only once there is one (eval.select; the last here)
+    assert [r["selected_step"] for r in running] == [None, None] and final["selected_step"] == 4
+    volatile = ("status", "wall_seconds", "ended_at", "final_val_loss", "selected_step")
+    assert {k: v for k, v in running[-1].items() if k not in volatile} == \
+        {k: v for k, v in final.items() if k not in volatile}
 
 
 @pytest.mark.parametrize("variant", ["mt-net", "t-net"])
@@ -58,5 +61,6 @@ def test_an_errored_trial_gets_the_same_row_as_the_others():
     _, ok = rows_of(TrialConfig(variant="maml", **SMALL))
     running, bad = rows_of(TrialConfig(variant="maml", **{**SMALL, "alpha": -1.0}))
     assert running == [] and bad["status"] == "errored" and "alpha must be a positive" in bad["error"]
-    assert filled(bad) == (filled(ok) | {"error"}) - {"final_val_loss"}  # no validation: it never trained
+    # no validation, no evaluated iterate: it never trained
+    assert filled(bad) == (filled(ok) | {"error"}) - {"final_val_loss", "selected_step"}
     assert bad["alpha"] == -1.0 and bad["variant_switches"] == ok["variant_switches"] and bad["device"] == "cpu"
