@@ -54,6 +54,7 @@ def main(argv=None) -> int:
     ap.add_argument("--meta-batch", type=int)
     ap.add_argument("--shots", type=int, help="trajectories per inner step (train and eval shots)")
     ap.add_argument("--queries", type=int, help="trajectories that measure a return")
+    ap.add_argument("--select", choices=["last", "best_val", "best_train"], help="the iterate evaluated (eval.select)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     spec, _, _ = load_spec(args.spec)
@@ -77,6 +78,8 @@ def main(argv=None) -> int:
             cfg.train_shots, cfg.eval_shots = args.shots, (args.shots,)
         if args.queries:
             cfg.queries = args.queries
+        if args.select:
+            cfg.select = args.select
         trial_id = f"{cell.variant}-s{cfg.seed}"
         if trial_id in done:
             continue
@@ -88,7 +91,8 @@ def main(argv=None) -> int:
 
         result = run_trial(cfg, trial_id=trial_id, experiment=spec.experiment, stage="grid", on_report=progress)
         write_trial(args.out, {**result.trial_row, "variant": cell.variant}, result.curves, result.eval_tasks)
-        print(f"{trial_id}: {result.status} in {time.perf_counter() - t0:.0f} s "
+        print(f"{trial_id}: {result.status} in {time.perf_counter() - t0:.0f} s, evaluated the iterate of step "
+              f"{result.trial_row.get('selected_step')} "
               f"{result.trial_row.get('error') or ''}", flush=True)
     print("\n## the papers' convention: mean +- std over seeds of each seed's mean return\n")
     print(seed_table(args.out))
