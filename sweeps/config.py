@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import typing
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
@@ -55,13 +56,48 @@ def format_error(err: ValidationError | ConfigError, name: Callable[[tuple], str
         e = err.errors()[0]
         loc, msg, got = e["loc"], e["msg"].removeprefix("Value error, "), e.get("input", _NO_VALUE)
         if e["type"] == "extra_forbidden":
-            msg, got = "unknown field (check the spelling; see docs/SPEC.md for the fields)", _NO_VALUE
+            msg, got = unknown_field(err.title, tuple(loc)), _NO_VALUE
         elif e["type"] == "missing":
             msg, got = "required field is missing", _NO_VALUE
     line = f"{name(loc)}: {msg}"
     if got is not _NO_VALUE and got is not None and not isinstance(got, (dict, list)):
         line += f" (got {got!r})"
     return line
+
+
+def unknown_field(title: str, loc: tuple) -> str:
+    """What to say of an unknown field at `loc` of the model named `title`: the closest known field
+    of its place (a typo), else the fields there."""
+    import difflib
+
+    known = fields_at(title, loc[:-1])
+    if not known:
+        return "unknown field (check the spelling; see docs/SPEC.md for the fields)"
+    close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"unknown field; {hint}fields here: {', '.join(known)} (docs/SPEC.md)"
+
+
+def fields_at(title: str, loc: tuple) -> list[str]:
+    """The field names of the config model at `loc` inside the model class named `title` (a
+    subclass of Strict), or [] where `loc` is not a model (a dict of options, an unknown class)."""
+    def subclasses(c):
+        return [c, *(d for sub in c.__subclasses__() for d in subclasses(sub))]
+
+    def model_in(annotation):
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            return annotation
+        return next((m for a in typing.get_args(annotation) if (m := model_in(a)) is not None), None)
+
+    model = next((c for c in subclasses(Strict) if c.__name__ == title), None)
+    for part in loc:
+        if model is None:
+            return []
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        model = model_in(field.annotation) if field is not None else None
+    return list(model.model_fields) if model is not None else []
 
 
 # ------------------------------------------------------------------------------------------ value types

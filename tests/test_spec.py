@@ -14,8 +14,13 @@ SHIPPED = sorted((Path(__file__).parents[1] / "sweeps" / "specs").glob("*.yaml")
 OK = "experiment: x\nvariants: [maml]\n"
 
 MALFORMED = [
-    ("experiment: x\nvariants: [maml]\nbudgt: {meta_steps: 10}\n", "field budgt: unknown field"),
-    ("experiment: x\nvariants: [maml]\nbudget: {meta_step: 10}\n", "field budget.meta_step: unknown field"),
+    ("experiment: x\nvariants: [maml]\nbudgt: {meta_steps: 10}\n", "field budgt: unknown field; did you mean 'budget'? "
+     "fields here: plugins, task, model, variants, train_shots, budget, eval"),
+    ("experiment: x\nvariants: [maml]\nbudget: {meta_step: 10}\n", "field budget.meta_step: unknown field; did you mean "
+     "'meta_steps'? fields here: meta_steps, report_every, meta_batch, inner_steps (docs/SPEC.md)"),
+    (OK + "eval: {selcet: best_val}\n", "field eval.selcet: unknown field; did you mean 'select'?"),
+    (OK + "eval: {select: best}\n", "field eval.select: Input should be 'last', 'best_val' or 'best_train' (got 'best')"),
+    (OK + "zzz: 1\n", "field zzz: unknown field; fields here: plugins, task"),
     ("variants: [maml]\n", "field experiment: required field is missing"),
     ("experiment: x\n", "field variants: required field is missing"),
     ("experiment: x\nvariants: []\n", "field variants: list at least one variant"),
@@ -77,7 +82,9 @@ MALFORMED = [
     ("experiment: x\nvariants: [{name: m, preset: maml, budget: {meta_batch: 0}}]\n",
      "field variants[0].budget.meta_batch: "),
     ("experiment: x\nvariants: [{name: m, preset: maml, budget: {steps: 10}}]\n",
-     "field variants[0].budget.steps: unknown field"),
+     "field variants[0].budget.steps: unknown field; did you mean 'meta_steps'? fields here: meta_steps, report_every"),
+    ("experiment: x\nvariants: [{name: m, preset: maml, swiches: {order: first}}]\n",
+     "field variants[0].swiches: unknown field; did you mean 'switches'?"),
 ]
 
 
