@@ -160,7 +160,8 @@ def pipelined(run: Run, todo: list[TuneCell], sizes: dict[Cell, int], name: str)
                              {tc.cell.name: tune_config_of(run, tc) for tc in todo}, label, then=label)
         config = tune.TuneConfig(search_alg=RelocatableSearch(search, spec.max_concurrent), metric="val_loss",
                                  mode="min", num_samples=sum(tc.n_trials for tc in todo) + n_test, reuse_actors=True)
-        return tuners.new_tuner(spec, run.exp_uri, name, {}, config, bundled=True, progress=BY_STAGE)
+        return tuners.new_tuner(spec, run.exp_uri, name, {}, config, bundled=True, progress=BY_STAGE,
+                                total=sum(tc.total for tc in todo) + len(spec.test.seeds) * len(test_cells))
 
     manifest["stages_tuner"] = {"name": name, "done": False}
     write_manifest(run.exp_uri, manifest)

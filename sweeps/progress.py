@@ -26,9 +26,23 @@ BY_STAGE = "stages"  # the label of a Tuner running several stages: each trial's
 
 
 class TrialProgress(Callback):
-    def __init__(self, stage_name: str):
+    """`total`: the trials the Tuner runs (members of bundles counted one by one), for "(k of n
+    ended)"; the count travels with Tune's saved state, so a resumed Tuner goes on counting."""
+
+    def __init__(self, stage_name: str, total: int | None = None):
         self.stage_name = stage_name
+        self.total = total
         self.done = 0
+
+    def get_state(self) -> dict:
+        return {"done": self.done}
+
+    def set_state(self, state: dict) -> None:
+        self.done = int(state.get("done", 0))
+
+    def _ended(self) -> str:
+        total = getattr(self, "total", None)  # a callback pickled before `total` existed has none
+        return f"({self.done} of {total} ended)" if total else f"({self.done} ended)"
 
     def _print(self, text: str) -> None:
         make_console(stderr=True).print(text, highlight=False, markup=False)
@@ -43,7 +57,7 @@ class TrialProgress(Callback):
                 self.done += 1
                 val = m.get("val_loss")
                 val = f"{val:.4f}" if isinstance(val, float) else "-"
-                self._print(f"  [{label}] {trial_id} {m.get('status')}: val_loss {val}  ({self.done} ended)")
+                self._print(f"  [{label}] {trial_id} {m.get('status')}: val_loss {val}  {self._ended()}")
             return
         self.done += 1
         point = trial.config.get("point", trial.config)
@@ -54,7 +68,7 @@ class TrialProgress(Callback):
         val = r.get("val_loss")
         val = f"{val:.4f}" if isinstance(val, float) else "-"
         self._print(f"  [{self.stage_name}] {variant} seed={seed} {r.get('status', 'stopped')}: "
-                    f"val_loss {val}  {hp}  ({self.done} ended)")
+                    f"val_loss {val}  {hp}  {self._ended()}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._print(f"  [{self.stage_name}] trial {trial.trial_id} failed; Ray restarts it from its last "

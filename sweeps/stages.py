@@ -163,7 +163,7 @@ def run_tune_cells(run: Run, group: list[TuneCell]) -> None:
         tune_config = tune.TuneConfig(search_alg=search, scheduler=scheduler, metric="val_loss", mode="min",
                                       num_samples=sum(tc.n_trials for tc in group), reuse_actors=True)
         return tuners.new_tuner(spec, run.exp_uri, name, param_space, tune_config, bundled,
-                                progress="tune" if len(group) > 1 else None)
+                                progress="tune" if len(group) > 1 else None, total=sum(tc.total for tc in group))
 
     for tc in group:
         announce(run, tc)
@@ -290,7 +290,7 @@ def run_fixed_stage(run: Run, stage: str, configs: list[tuple[Cell, TrialConfig]
         generator = tuners.grid(label, run.spec.max_concurrent)
         return tuners.new_tuner(run.spec, run.exp_uri, name,
                                 {("bundle" if bundled else "point"): tune.grid_search(points)},
-                                tune.TuneConfig(search_alg=generator, reuse_actors=True), bundled)
+                                tune.TuneConfig(search_alg=generator, reuse_actors=True), bundled, total=n)
 
     n = sum(len(by_cell[c]) for c in todo)
     console.print(f"[bold]{name}[/]: {n} trials" + (f" in {plural(len(points), 'bundle')}" if bundled else ""))

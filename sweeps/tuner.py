@@ -60,8 +60,9 @@ def trainable(spec: Spec, exp_uri: str, bundled: bool = False):
     return tune.with_resources(fn, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
 
 
-def run_config(spec: Spec, exp_uri: str, name: str, progress: str | None = None):
-    """Tune's run config of the Tuner `name`; `progress`: the label of its lines of progress (its name)."""
+def run_config(spec: Spec, exp_uri: str, name: str, progress: str | None = None, total: int | None = None):
+    """Tune's run config of the Tuner `name`; `progress`: the label of its lines of progress (its name),
+    `total`: how many trials it runs (members of bundles one by one)."""
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
 
@@ -75,7 +76,7 @@ def run_config(spec: Spec, exp_uri: str, name: str, progress: str | None = None)
         # Tune deletes no checkpoint: its saved state may name any of them after a crash (sweeps.retention)
         checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
         verbose=0,
-        callbacks=[TrialProgress(progress or name), JsonLoggerCallback(),  # result.json: ResultGrid reads it
+        callbacks=[TrialProgress(progress or name, total), JsonLoggerCallback(),  # result.json: ResultGrid reads it
                    LatestCheckpoints()],
     )
 
@@ -109,8 +110,8 @@ def restore(spec: Spec, exp_uri: str, name: str, bundled: bool = False):
 
 
 def new_tuner(spec: Spec, exp_uri: str, name: str, param_space: dict, tune_config, bundled: bool = False,
-              progress: str | None = None):
+              progress: str | None = None, total: int | None = None):
     from ray import tune
 
     return tune.Tuner(trainable(spec, exp_uri, bundled), param_space=param_space, tune_config=tune_config,
-                      run_config=run_config(spec, exp_uri, name, progress))
+                      run_config=run_config(spec, exp_uri, name, progress, total))

@@ -4,6 +4,7 @@ bundles), the same choice of each cell's configuration, the same manifest - and 
 same spec runs nothing."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -55,9 +56,12 @@ def test_tune_and_test_in_one_tuner_write_the_dataset_of_the_stages_one_after_th
     separate, together = run_of(tmp_path, "separate"), run_of(tmp_path, "together")
     run_experiment(separate, "tune")
     run_experiment(separate, "test")
-    capsys.readouterr()
+    separate_err = capsys.readouterr().err
     run_experiment(together, "all")
     err = capsys.readouterr().err
+    # progress counts every member trial against the Tuner's total: 6 a stage, 12 in the one Tuner
+    assert [int(k) for k in re.findall(r"\((\d+) of 6 ended\)", separate_err)] == [*range(1, 7)] * 2
+    assert [int(k) for k in re.findall(r"\((\d+) of 12 ended\)", err)] == [*range(1, 13)]
     assert "test: 6 trials in 4 bundles, each cell's as soon as its tune cell has ended; tune and test in one " \
            "Tuner (Ray Tune's state: ray/stages-" in err
     assert "  [tune] tune-mt-net-k10-n0002 completed" in err and "  [test] test-maml-k10-s2-" in err
