@@ -53,7 +53,9 @@ def format_error(err: ValidationError | ConfigError, name: Callable[[tuple], str
     if isinstance(err, ConfigError):
         loc, msg, got = err.loc, err.message, err.got
     else:
-        e = err.errors()[0]
+        errors = err.errors()
+        # a misspelt field also leaves the one meant missing: the misspelling says more
+        e = next((x for x in errors if x["type"] == "extra_forbidden"), errors[0])
         loc, msg, got = e["loc"], e["msg"].removeprefix("Value error, "), e.get("input", _NO_VALUE)
         if e["type"] == "extra_forbidden":
             msg, got = unknown_field(err.title, tuple(loc)), _NO_VALUE
@@ -68,14 +70,10 @@ def format_error(err: ValidationError | ConfigError, name: Callable[[tuple], str
 def unknown_field(title: str, loc: tuple) -> str:
     """What to say of an unknown field at `loc` of the model named `title`: the closest known field
     of its place (a typo), else the fields there."""
-    import difflib
-
     known = fields_at(title, loc[:-1])
     if not known:
         return "unknown field (check the spelling; see docs/SPEC.md for the fields)"
-    close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
-    hint = f"did you mean {close[0]!r}? " if close else ""
-    return f"unknown field; {hint}fields here: {', '.join(known)} (docs/SPEC.md)"
+    return f"unknown field; {did_you_mean(loc[-1], known)}fields here: {', '.join(known)} (docs/SPEC.md)"
 
 
 def fields_at(title: str, loc: tuple) -> list[str]:
@@ -144,10 +142,18 @@ MaskEval = Literal[hparam_def("mask_eval").choices]
 Select = Literal[tuple(SELECTIONS)]
 
 
+def did_you_mean(name, names) -> str:
+    """"did you mean 'x'? " for the closest of `names` to a misspelt `name`, or ""."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), [str(n) for n in names], n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}? " if close else ""
+
+
 def known(name: str, names: list[str], what: str, listed: str) -> str:
-    """`name` if the registry has it; else ValueError listing what it has."""
+    """`name` if the registry has it; else ValueError naming the closest and listing what it has."""
     if name not in names:
-        raise ValueError(f"unknown {what} {name!r}; {listed}: {', '.join(names)}")
+        raise ValueError(f"unknown {what} {name!r}; {did_you_mean(name, names)}{listed}: {', '.join(names)}")
     return name
 
 
@@ -190,7 +196,8 @@ def check_defaults(values: dict, loc: tuple) -> dict:
             home = (*loc[:-1], *HOMES[name]) if loc[:1] == ("variants",) and HOMES[name][0] == "budget" else HOMES[name]
             raise ConfigError(where, f"set it as {dotted(home)}")
         if name not in HPARAMS:
-            raise ConfigError(where, f"unknown hyper-parameter; declared: {', '.join(HPARAMS)}")
+            raise ConfigError(where, f"unknown hyper-parameter; {did_you_mean(name, HPARAMS)}declared: "
+                                     f"{', '.join(HPARAMS)}")
         try:
             out[name] = check_hparam(name, value)
         except ValueError as e:

@@ -11,8 +11,10 @@ on every restart Ray allows.
 So Tune deletes nothing (`num_to_keep=None`); while a Tuner runs, every checkpoint of a trial is kept
 (a sine bundle's is 0.1-0.3 MB, one per report). Once `Tuner.fit()` has returned - Tune has then
 saved its state and waited for the upload, also after Ctrl+C - each trial's checkpoints older than
-the latest one Tune registered are deleted (`prune`): that one is what the saved state names. After
-a crash nothing is deleted; the next run of the Tuner that ends does it, for every trial.
+the latest one Tune registered are deleted (`prune`): that one is what the saved state names; so are
+the checkpoints of trial directories the saved state does not know (trials a killed driver had
+started after its last snapshot, which the resumed Tuner starts again elsewhere). After a crash
+nothing is deleted; the next run of the Tuner that ends does it, for every trial.
 """
 
 from __future__ import annotations
@@ -25,33 +27,63 @@ _INDEX = re.compile(r"checkpoint_(\d+)$")
 
 # trial storage directory -> (filesystem, path of the checkpoint Tune's final state names), this driver
 _LATEST: dict[str, tuple[object, str]] = {}
+# a Tuner's experiment directory -> (filesystem, the trial directories its final state knows)
+_KNOWN: dict[str, tuple[object, set[str]]] = {}
 
 
 class LatestCheckpoints(Callback):
     """At the end of a Tuner run, remembers each trial's latest checkpoint - the one Tune's state
-    names - for `prune` (a trial that ended in an earlier, killed run too)."""
+    names - and the trial directories Tune's state knows, for `prune` (a trial that ended in an
+    earlier, killed run too)."""
 
     def on_experiment_end(self, trials, **info):
         for trial in trials:
             checkpoint = trial.checkpoint
-            if checkpoint is not None:
-                parent = checkpoint.path.rstrip("/").rsplit("/", 1)[0]
-                _LATEST[parent] = (checkpoint.filesystem, checkpoint.path)
+            if checkpoint is None:
+                continue
+            parent = checkpoint.path.rstrip("/").rsplit("/", 1)[0]
+            _LATEST[parent] = (checkpoint.filesystem, checkpoint.path)
+            experiment = parent.rsplit("/", 1)[0]
+            _KNOWN.setdefault(experiment, (checkpoint.filesystem, set()))[1].update(
+                t.path.rstrip("/") for t in trials if t.path)
 
 
 def forget() -> None:
     """Before a Tuner run: what an earlier run of this process left (one that raised) is not used."""
     _LATEST.clear()
+    _KNOWN.clear()
 
 
 def prune() -> int:
     """Delete every checkpoint (`checkpoint_<index>` directory) of a trial older than the one Tune's
-    state names; call only after `Tuner.fit()` returned. Newer ones Tune never registered (written
-    by a trial while it was being stopped) are kept. Returns how many were deleted; a deletion that
-    fails is left for a later run."""
+    state names, and every checkpoint in a trial directory of the Tuner that its state does not know
+    (a trial a killed driver had started after its last snapshot: the resumed Tuner starts it again
+    in a directory of its own). Call only after `Tuner.fit()` returned. Newer ones Tune never
+    registered (written by a trial while it was being stopped) are kept. Returns how many were
+    deleted; a deletion that fails is left for a later run."""
     import pyarrow.fs as pafs
 
     deleted = 0
+    for experiment, (fs, known) in list(_KNOWN.items()):
+        try:
+            trial_dirs = fs.get_file_info(pafs.FileSelector(experiment, allow_not_found=True))
+        except OSError:
+            continue
+        for d in trial_dirs:
+            if d.type != pafs.FileType.Directory or d.path.rstrip("/") in known:
+                continue
+            try:
+                entries = fs.get_file_info(pafs.FileSelector(d.path, allow_not_found=True))
+            except OSError:
+                continue
+            for e in entries:
+                if e.type == pafs.FileType.Directory and _INDEX.search(e.path.rstrip("/")):
+                    try:
+                        fs.delete_dir(e.path)
+                        deleted += 1
+                    except OSError:
+                        pass
+        del _KNOWN[experiment]
     for parent, (fs, latest) in list(_LATEST.items()):
         keep = _INDEX.search(latest.rstrip("/"))
         if keep is None:

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from metasweep.core.hparams import HPARAMS, hparam_def
 
-from .config import ConfigError, Index, RunSpec, Strict, as_number, check_hparam, dotted, format_error
+from .config import ConfigError, Index, RunSpec, Strict, as_number, check_hparam, did_you_mean, dotted, format_error
 from .config import resolve_path as _resolve_path
 from .errors import UserError
 
@@ -109,13 +109,15 @@ class SearchSpec(BaseModel):
         own = set(cls.model_fields)
         for key in data:
             if key not in own and key not in HPARAMS:
-                raise ConfigError(("search", key), f"unknown field; fields: {', '.join(sorted(own))}, or the range of a "
+                raise ConfigError(("search", key), f"unknown field; {did_you_mean(key, [*own, *HPARAMS])}fields: "
+                                                  f"{', '.join(sorted(own))}, or the range of a "
                                                   f"hyper-parameter: {', '.join(HPARAMS)}")
         for variant, ranges in (data.get("overrides") or {}).items():
             for key in ranges if isinstance(ranges, dict) else ():
                 if key not in HPARAMS:
                     raise ConfigError(("search", "overrides", variant, key),
-                                      f"unknown hyper-parameter; declared: {', '.join(HPARAMS)}")
+                                      f"unknown hyper-parameter; {did_you_mean(key, HPARAMS)}declared: "
+                                      f"{', '.join(HPARAMS)}")
         return data
 
     def ranges(self) -> dict[str, Range]:

@@ -43,15 +43,15 @@ def test_diverging_run_exits_0_with_status_diverged_and_rows_written(tmp_path):
 
 
 @pytest.mark.parametrize("args, words", [
-    (["--variant", "mtnet"], "--variant: unknown preset 'mtnet'; presets: maml, "),
+    (["--variant", "mtnet"], "--variant: unknown preset 'mtnet'; did you mean 'mt-net'? presets: maml, "),
     (["--alpha", "-1"], "--alpha: must be a positive finite number (got -1.0)"),
     (["--eval-shots", "5,x"], "--eval-shots: expected comma-separated integers"),
-    (["--task", "omniglot2"], "--task: unknown task family 'omniglot2'; available: sine, polynomial"),
+    (["--task", "omniglot2"], "--task: unknown task family 'omniglot2'; did you mean 'omniglot'? available: sine, polynomial"),
     (["--order", "2"], "--task: unknown option 'order' for task family sine; allowed: amplitude"),
     (["--mask-eval", "argmax"], "--mask-eval: Input should be 'sample' or 'threshold' (got 'argmax')"),
     (["--meta-steps", "0"], "--meta-steps: must be >= 1"),
     (["--temperature", "1"], "--temperature: no variant reads temperature; they read: alpha, beta"),
-    (["--variant", "protonet", "--hparam", "nn_scale=2"], "--hparam: unknown hyper-parameter; declared: alpha"),
+    (["--variant", "protonet", "--hparam", "nn_scale=2"], "--hparam: unknown hyper-parameter; did you mean 'cosine_scale'? declared: alpha"),
 ])
 def test_bad_arguments_exit_2_with_one_clear_line(args, words, tmp_path):
     r = run("train", *args, "--out", str(tmp_path / "x"))
