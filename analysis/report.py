@@ -6,6 +6,7 @@ regenerated from any copy of the results."""
 from __future__ import annotations
 
 import json
+import statistics
 
 import yaml
 
@@ -63,8 +64,16 @@ def provenance(t: list[dict]) -> list[str]:
     def distinct(key: str) -> str:
         return ", ".join(sorted({str(r[key]) for r in t if r.get(key) is not None})) or "-"
 
+    nodes = {r["node"] for r in t if r["node"]}
+    hosts = {n.split("/")[0] for n in nodes}  # a node is "host/Ray node id"; each local Ray start is a new id
     lines.append(f"Code: metasweep {distinct('package_version')}, git {distinct('git_sha')}; devices: "
-                 f"{distinct('device')}; nodes: {len({r['node'] for r in t})}")
+                 f"{distinct('device')}; Ray nodes: {len(nodes)} on {len(hosts)} host{'s' * (len(hosts) != 1)}  ")
+    selects = sorted({json.loads(r["config"]).get("select", "last") for r in t if r.get("config")})
+    steps = sorted(r["selected_step"] for r in t if r.get("selected_step") is not None)
+    if set(selects) - {"last"} and steps:
+        lines.append(f"Evaluated iterate: {', '.join(selects)} (eval.select); the meta-step each of the {len(steps)} "
+                     f"evaluated trials was tested at: {steps[0]}-{steps[-1]} (median {statistics.median(steps):g}), "
+                     f"of {max(r['meta_steps'] for r in t)}")
     return lines
 
 

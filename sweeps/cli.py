@@ -124,9 +124,17 @@ def train_one(cfg, out_dir: Path):
         write_trial(str(out_dir), result.trial_row, {}, {})
     console.print(f"status: [bold]{result.status}[/]  meta-steps: {result.trial_row['meta_steps']}  "
                   f"wall: {result.trial_row['wall_seconds']:.1f}s  device: {result.trial_row['device']}")
-    if result.summary and cfg.select != "last":
-        console.print(f"evaluated: the iterate of meta-step {result.trial_row['selected_step']} "
-                      f"({cfg.select}: validation loss {result.trial_row['final_val_loss']:.4f})")
+    if result.summary:
+        from metasweep.core.train import SELECTIONS
+
+        step, key = result.trial_row["selected_step"], SELECTIONS[cfg.select]
+        if key is None:
+            console.print(f"evaluated: the last iterate (meta-step {step}; eval.select last)")
+        else:
+            value = result.curves[key][result.curves["meta_step"].index(step)]
+            what = {"val_loss": "validation loss", "meta_train_loss": "meta-training loss"}[key]
+            console.print(f"evaluated: the iterate of meta-step {step}, the lowest {what} of the reports "
+                          f"({value:.4f}; eval.select {cfg.select})")
     if result.summary:
         where = f"{cfg.variant} on {cfg.task}"
         print_summary(result.summary, f"{where}: eval loss on {cfg.eval_tasks} meta-test tasks")

@@ -91,3 +91,31 @@ def test_the_spec_names_a_wrong_selection_and_the_allowed_ones(tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert "s.yaml" in r.stderr and "eval.select" in r.stderr and "'last', 'best_val' or 'best_train'" in r.stderr
+
+
+def test_the_report_says_which_iterates_were_evaluated():
+    from metasweep.analysis.report import provenance
+
+    rows = [run_trial(cfg(select="best_train", seed=s), trial_id=f"t{s}").trial_row for s in (0, 1, 2)]
+    steps = sorted(r["selected_step"] for r in rows)
+    line = next(li for li in provenance(rows) if li.startswith("Evaluated iterate: "))
+    assert line == (f"Evaluated iterate: best_train (eval.select); the meta-step each of the 3 evaluated trials was "
+                    f"tested at: {steps[0]}-{steps[-1]} (median {steps[1]}), of {STEPS}")
+    assert not any(li.startswith("Evaluated iterate") for li in provenance([run_trial(cfg(), trial_id="x").trial_row]))
+
+
+def test_metasweep_train_says_which_iterate_it_evaluated(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "metasweep.sweeps.cli", "train", "--task", "sine", "--variant", "maml",
+                        "--meta-steps", str(STEPS), "--report-every", str(EVERY), "--meta-batch", "4", "--beta", "0.01",
+                        "--val-tasks", "5", "--eval-tasks", "8", "--eval-steps", "1",
+                        "--select", "best_train", "--out", str(tmp_path / "out")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    from metasweep.analysis.store import read_dataset
+
+    ds = read_dataset(str(tmp_path / "out"))
+    row, curves = ds["trials"].to_pylist()[0], ds["curves"].to_pylist()
+    best = min(curves, key=lambda c: c["meta_train_loss"])
+    assert row["selected_step"] == best["meta_step"]
+    assert (f"evaluated: the iterate of meta-step {best['meta_step']}, the lowest meta-training loss of the reports "
+            f"({best['meta_train_loss']:.4f}; eval.select best_train)") in " ".join(r.stdout.split())

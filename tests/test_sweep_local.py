@@ -58,6 +58,7 @@ def test_quickstart_shaped_sweep_writes_every_row_and_prints_a_ranking(tmp_path)
     text = (tmp_path / "rep" / "report.md").read_text()
     assert text.startswith("# tiny\n") and "Command: `metasweep sweep tiny`" in text
     assert "Trials: test 6 completed; tune 6 completed" in text and "Wall time: " in text
+    assert "; Ray nodes: 1 on 1 host" in text and "Evaluated iterate" not in text  # eval.select: last
     assert "## Ranking and paired tests (1 inner step)" in text and "## Ranking and paired tests (5 inner steps)" in text
     # the hyper-parameters of the ranked cells once, under the first ranking; later sections point to it
     assert text.count("hyper-parameters per (variant, train shots) cell") == 1
