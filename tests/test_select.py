@@ -118,4 +118,4 @@ def test_metasweep_train_says_which_iterate_it_evaluated(tmp_path):
     best = min(curves, key=lambda c: c["meta_train_loss"])
     assert row["selected_step"] == best["meta_step"]
     assert (f"evaluated: the iterate of meta-step {best['meta_step']}, the lowest meta-training loss of the reports "
-            f"({best['meta_train_loss']:.4f}; eval.select best_train)") in " ".join(r.stdout.split())
+            f"({best['meta_train_loss']:.4f}; eval.select best_train)") in " ".join((r.stdout + r.stderr).split())
