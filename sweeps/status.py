@@ -52,5 +52,12 @@ def print_status(exp_uri: str, console: Console) -> None:
     if interrupted:
         console.print(f"{interrupted} trial(s) stopped unfinished with their sweep (no driver runs them); continue "
                       f"with: metasweep resume {exp_uri}", markup=False)
-    if manifest.get("wall_seconds"):
-        console.print(f"wall time so far: {manifest['wall_seconds']:.0f} s")
+    rows = trials.select(["started_at", "ended_at"]).to_pylist()
+    starts = [r["started_at"] for r in rows if r["started_at"] is not None]
+    ends = [r["ended_at"] for r in rows if r["ended_at"] is not None]
+    if starts and ends:
+        span = (max(ends) - min(starts)).total_seconds()
+        line = f"trials: first start {min(starts):%Y-%m-%d %H:%M} UTC, latest row {max(ends):%H:%M} ({span:.0f} s)"
+        if manifest.get("wall_seconds"):  # each driver adds its run's time when it ends; a killed one cannot
+            line += f"; drivers' time on record: {manifest['wall_seconds']:.0f} s (runs that ended; a killed driver records none)"
+        console.print(line, markup=False)

@@ -51,6 +51,8 @@ def test_quickstart_shaped_sweep_writes_every_row_and_prints_a_ranking(tmp_path)
     assert (exp / "optuna.db").exists() and (exp / "spec.yaml").exists()
     st = metasweep("status", str(exp), cwd=tmp_path)
     assert st.returncode == 0 and "stages done: test, tune-maml-k10, tune-mt-net-k10, tune-t-net-k10" in st.stdout
+    span = (max(t["ended_at"] for t in trials.to_pylist()) - min(t["started_at"] for t in trials.to_pylist()))
+    assert f"({span.total_seconds():.0f} s); drivers' time on record: " in " ".join(st.stdout.split())
     # the report: provenance, a ranking per evaluated inner-step count, per-seed values from the rows
     rep = metasweep("report", str(exp), "-o", str(tmp_path / "rep" / "report.md"), "--command", "metasweep sweep tiny",
                     cwd=tmp_path)
