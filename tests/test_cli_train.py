@@ -51,7 +51,8 @@ def test_diverging_run_exits_0_with_status_diverged_and_rows_written(tmp_path):
     (["--mask-eval", "argmax"], "--mask-eval: Input should be 'sample' or 'threshold' (got 'argmax')"),
     (["--meta-steps", "0"], "--meta-steps: must be >= 1"),
     (["--temperature", "1"], "--temperature: no variant reads temperature; they read: alpha, beta"),
-    (["--variant", "protonet", "--hparam", "nn_scale=2"], "--hparam: unknown hyper-parameter; did you mean 'cosine_scale'? declared: alpha"),
+    (["--variant", "protonet", "--hparam", "nn_scale=2"],
+     "--hparam: unknown hyper-parameter; did you mean 'cosine_scale'? declared: alpha"),
 ])
 def test_bad_arguments_exit_2_with_one_clear_line(args, words, tmp_path):
     r = run("train", *args, "--out", str(tmp_path / "x"))

@@ -71,7 +71,8 @@ def test_impossible_search_bounds_are_an_error_at_load(tmp_path):
     ("mode: grid\ngrid: {inner_steps: [1, 2.5]}", "field grid.inner_steps: must be an integer >= 1 (got 2.5)"),
     ("defaults: {temperature: 2}", "field defaults.temperature: no variant reads temperature"),
     ("defaults: {inner_steps: 2}", "field defaults.inner_steps: set it as budget.inner_steps"),
-    ("search: {alpah: {low: 0.1, high: 1}}", "field search.alpah: unknown field; did you mean 'alpha'? fields: overrides, sampler_seed"),
+    ("search: {alpah: {low: 0.1, high: 1}}",
+     "field search.alpah: unknown field; did you mean 'alpha'? fields: overrides, sampler_seed"),
 ])
 def test_whatever_cannot_give_a_valid_trial_is_an_error_at_load(extra, words):
     """Same kind: empty ranges, ranges of hyper-parameters nobody searches, ranges outside a domain
