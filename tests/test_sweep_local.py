@@ -159,10 +159,13 @@ storage: res
     statuses = {t["status"] for t in trials}
     assert statuses <= {"completed", "stopped_early"} and "stopped_early" in statuses and "completed" in statuses
     steps = {t["trial_id"]: t["meta_steps"] for t in trials}
-    # a stopped trial's row (its last running row, marked) has every column a completed trial's has
+    # a stopped trial's row (its last running row, marked) has every column a completed trial's has, but
+    # the iterate evaluated (selected_step): it evaluated none
     done = next(t for t in trials if t["status"] == "completed")
     for t in trials:
-        assert {k for k, v in t.items() if v is not None} == {k for k, v in done.items() if v is not None}, t
+        assert {k for k, v in t.items() if v is not None} | {"selected_step"} == \
+            {k for k, v in done.items() if v is not None}, t
+        assert t["selected_step"] == (60 if t["status"] == "completed" else None)
         assert t["temperature"] is None and t["device"] == "cpu" and t["git_sha"] and t["variant_switches"]
         assert t["learner_kind"] == "gradient" and '"alpha"' in t["hparams"]
     for t in trials:
