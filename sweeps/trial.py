@@ -198,7 +198,7 @@ def evaluated(cfg: TrialConfig, state: TrainState, has_eval: bool) -> dict:
     """The row's final_val_loss and selected_step: the validation loss of the iterate `cfg.select`
     chose (core.train.selected) and its meta-step (None when nothing was evaluated); the last
     report's validation loss for a trial that did not finish."""
-    params, step = selected(state, cfg.select)
+    _, step = selected(state, cfg.select)
     rows = [r for r in state.curves if r["meta_step"] == step] if has_eval else state.curves[-1:]
     return {"final_val_loss": rows[-1]["val_loss"] if rows else None, "selected_step": step if has_eval else None}
 
