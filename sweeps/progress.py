@@ -11,15 +11,34 @@ from .console import make_console
 
 def searched_values(config: dict) -> dict:
     """{name: value} of the hyper-parameters the trial's learner searches, from Tune's config."""
-    from metasweep.core.registry import make_learner
-
     from .trainable import trial_config_of
 
     try:
-        _, cfg = trial_config_of(config)
-        return {k: cfg.hparam(k) for k in make_learner(cfg.variant, **cfg.variant_overrides).searched()}
+        return _searched(trial_config_of(config)[1])
     except Exception:  # a config the registry refuses: the trial's row says why
         return {}
+
+
+def member_values(config: dict) -> dict[str, dict]:
+    """{member trial id: searched_values} of a bundle's members, from its Tune config."""
+    from .bundle_trainable import members_of
+    from .trial import TrialConfig
+
+    try:
+        return {m["trial_id"]: _searched(TrialConfig.from_dict(dict(m["trial"])))
+                for m in members_of(config.get("bundle", config))}
+    except Exception:  # as above
+        return {}
+
+
+def _searched(cfg) -> dict:
+    from metasweep.core.registry import make_learner
+
+    return {k: cfg.hparam(k) for k in make_learner(cfg.variant, **cfg.variant_overrides).searched()}
+
+
+def shown(values: dict) -> str:
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
 
 
 BY_STAGE = "stages"  # the label of a Tuner running several stages: each trial's line names its own
@@ -53,18 +72,19 @@ class TrialProgress(Callback):
         if label == BY_STAGE:
             label = trial.config.get("meta", {}).get("stage", label)
         if "members" in r:  # a bundle: one line per member trial
+            hps = member_values(trial.config)
             for trial_id, m in sorted(r["members"].items()):
                 self.done += 1
                 val = m.get("val_loss")
                 val = f"{val:.4f}" if isinstance(val, float) else "-"
-                self._print(f"  [{label}] {trial_id} {m.get('status')}: val_loss {val}  {self._ended()}")
+                self._print(f"  [{label}] {trial_id} {m.get('status')}: val_loss {val}  "
+                            f"{shown(hps.get(trial_id, {}))}  {self._ended()}")
             return
         self.done += 1
         point = trial.config.get("point", trial.config)
         variant = point.get("meta", {}).get("variant", "")
         seed = point.get("trial", {}).get("seed", "?")
-        hp = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                       for k, v in searched_values(trial.config).items())
+        hp = shown(searched_values(trial.config))
         val = r.get("val_loss")
         val = f"{val:.4f}" if isinstance(val, float) else "-"
         self._print(f"  [{self.stage_name}] {variant} seed={seed} {r.get('status', 'stopped')}: "

@@ -73,6 +73,12 @@ def test_tune_and_test_in_one_tuner_write_the_dataset_of_the_stages_one_after_th
     assert f"(configuration: {best['_trial_id']}, val_loss {best['_val_loss']:.4f})" in err[queued:].splitlines()[0]
     a, b = read_dataset(separate.exp_uri), read_dataset(together.exp_uri)
     ta, tb = (sorted_rows(d, "trials", ["trial_id"]).to_pylist() for d in (a, b))
+    # each member's line shows the hyper-parameters its learner searches, as its row has them
+    for t in tb:
+        line = next(li for li in err.splitlines() if f"] {t['trial_id']} completed" in li)
+        assert f"alpha={t['alpha']:.3g}, beta={t['beta']:.3g}" in line, line
+        assert ("temperature=" in line) == (t["variant"] == "mt-net"), line
+        assert t["temperature"] is None or f"temperature={t['temperature']:.3g}" in line, line
     assert [t["trial_id"] for t in ta] == [t["trial_id"] for t in tb] and len(ta) == 12
     assert sorted(t["stage"] for t in tb) == ["test"] * 6 + ["tune"] * 6
     for x, y in zip(ta, tb):
