@@ -135,7 +135,6 @@ def train_one(cfg, out_dir: Path):
             what = {"val_loss": "validation loss", "meta_train_loss": "meta-training loss"}[key]
             console.print(f"evaluated: the iterate of meta-step {step}, the lowest {what} of the reports "
                           f"({value:.4f}; eval.select {cfg.select})")
-    if result.summary:
         where = f"{cfg.variant} on {cfg.task}"
         print_summary(result.summary, f"{where}: eval loss on {cfg.eval_tasks} meta-test tasks")
         if any(a == a for a in result.eval_tasks.get("accuracy", [])):  # classification: accuracy too

@@ -37,15 +37,14 @@ class LatestCheckpoints(Callback):
     earlier, killed run too)."""
 
     def on_experiment_end(self, trials, **info):
+        known = {t.path.rstrip("/") for t in trials if t.path}
         for trial in trials:
             checkpoint = trial.checkpoint
             if checkpoint is None:
                 continue
             parent = checkpoint.path.rstrip("/").rsplit("/", 1)[0]
             _LATEST[parent] = (checkpoint.filesystem, checkpoint.path)
-            experiment = parent.rsplit("/", 1)[0]
-            _KNOWN.setdefault(experiment, (checkpoint.filesystem, set()))[1].update(
-                t.path.rstrip("/") for t in trials if t.path)
+            _KNOWN.setdefault(parent.rsplit("/", 1)[0], (checkpoint.filesystem, set()))[1].update(known)
 
 
 def forget() -> None:
@@ -54,51 +53,46 @@ def forget() -> None:
     _KNOWN.clear()
 
 
+def _listing(fs, path: str) -> list:
+    import pyarrow.fs as pafs
+
+    try:
+        return [e for e in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+                if e.type == pafs.FileType.Directory]
+    except OSError:
+        return []
+
+
+def _delete_checkpoints(fs, trial_dir: str, below: int | None = None) -> int:
+    """Delete the `checkpoint_<index>` directories of `trial_dir` (those with index < `below`, if
+    given); a deletion that fails is left for a later run. Returns how many went."""
+    deleted = 0
+    for e in _listing(fs, trial_dir):
+        m = _INDEX.search(e.path.rstrip("/"))
+        if m and (below is None or int(m.group(1)) < below):
+            try:
+                fs.delete_dir(e.path)
+                deleted += 1
+            except OSError:
+                pass
+    return deleted
+
+
 def prune() -> int:
     """Delete every checkpoint (`checkpoint_<index>` directory) of a trial older than the one Tune's
     state names, and every checkpoint in a trial directory of the Tuner that its state does not know
     (a trial a killed driver had started after its last snapshot: the resumed Tuner starts it again
     in a directory of its own). Call only after `Tuner.fit()` returned. Newer ones Tune never
     registered (written by a trial while it was being stopped) are kept. Returns how many were
-    deleted; a deletion that fails is left for a later run."""
-    import pyarrow.fs as pafs
-
+    deleted."""
     deleted = 0
-    for experiment, (fs, known) in list(_KNOWN.items()):
-        try:
-            trial_dirs = fs.get_file_info(pafs.FileSelector(experiment, allow_not_found=True))
-        except OSError:
-            continue
-        for d in trial_dirs:
-            if d.type != pafs.FileType.Directory or d.path.rstrip("/") in known:
-                continue
-            try:
-                entries = fs.get_file_info(pafs.FileSelector(d.path, allow_not_found=True))
-            except OSError:
-                continue
-            for e in entries:
-                if e.type == pafs.FileType.Directory and _INDEX.search(e.path.rstrip("/")):
-                    try:
-                        fs.delete_dir(e.path)
-                        deleted += 1
-                    except OSError:
-                        pass
-        del _KNOWN[experiment]
-    for parent, (fs, latest) in list(_LATEST.items()):
+    for experiment, (fs, known) in _KNOWN.items():
+        for d in _listing(fs, experiment):
+            if d.path.rstrip("/") not in known:
+                deleted += _delete_checkpoints(fs, d.path)
+    for parent, (fs, latest) in _LATEST.items():
         keep = _INDEX.search(latest.rstrip("/"))
-        if keep is None:
-            continue
-        try:
-            entries = fs.get_file_info(pafs.FileSelector(parent, allow_not_found=True))
-        except OSError:
-            continue
-        for e in entries:
-            m = _INDEX.search(e.path.rstrip("/"))
-            if e.type == pafs.FileType.Directory and m and int(m.group(1)) < int(keep.group(1)):
-                try:
-                    fs.delete_dir(e.path)
-                    deleted += 1
-                except OSError:
-                    pass
-        del _LATEST[parent]
+        if keep is not None:
+            deleted += _delete_checkpoints(fs, parent, below=int(keep.group(1)))
+    forget()
     return deleted

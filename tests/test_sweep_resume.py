@@ -204,6 +204,8 @@ def test_killed_driver_then_resume_gives_every_trial_and_row_exactly_once(tmp_pa
         assert not old.exists()  # resumed trials wrote to the new place only
         assert "breaking the stale lease of an earlier driver" in r.stderr  # its driver is gone
     else:
+        # Ctrl+C saved the progress count with Tune's state: the resumed Tuner counts on to its total
+        assert re.findall(r"\((\d+) of 10 ended\)", r.stderr)[-1] == "10", r.stderr[-3000:]
         assert (exp / "damaged" / "trials" / "foreign.parquet").exists()
         assert "set aside a file the dataset cannot read" in r.stderr and "foreign.parquet" in r.stderr
 

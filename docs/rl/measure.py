@@ -20,6 +20,7 @@ import torch
 from metasweep.analysis.ranking import compute_ranking
 from metasweep.analysis.render import render
 from metasweep.analysis.store import exists, read_trials, write_trial
+from metasweep.core.train import SELECTIONS
 from metasweep.sweeps.plan import grid_trial_configs
 from metasweep.sweeps.spec import load_spec
 from metasweep.sweeps.trial import run_trial
@@ -54,7 +55,7 @@ def main(argv=None) -> int:
     ap.add_argument("--meta-batch", type=int)
     ap.add_argument("--shots", type=int, help="trajectories per inner step (train and eval shots)")
     ap.add_argument("--queries", type=int, help="trajectories that measure a return")
-    ap.add_argument("--select", choices=["last", "best_val", "best_train"], help="the iterate evaluated (eval.select)")
+    ap.add_argument("--select", choices=list(SELECTIONS), help="the iterate evaluated (eval.select)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     spec, _, _ = load_spec(args.spec)
