@@ -18,6 +18,7 @@ def step_optimizers(optimizers: list) -> None:
 
     groups: dict[tuple, list] = {}
     for opt in optimizers:
+        matching_layouts(opt)
         key = _fused_adam_key(opt)
         if key is None:
             opt.step()
@@ -31,6 +32,19 @@ def step_optimizers(optimizers: list) -> None:
                  [], [s["step"] for s in states], foreach=False, capturable=False, differentiable=False, fused=True,
                  grad_scale=None, found_inf=None, has_complex=False, amsgrad=False, beta1=beta1, beta2=beta2, lr=lr,
                  weight_decay=weight_decay, eps=eps, maximize=False)
+
+
+def matching_layouts(opt) -> None:
+    """Give every gradient its parameter's memory layout. torch's fused Adam on the CPU reads a gradient
+    as if laid out like its parameter: a transposed view (what `torch.autograd.grad` returns for a weight
+    used as W^T in a batched product) steps each element by another's gradient, silently (torch 2.14; on
+    CUDA the kernel refuses mismatched layouts instead, pytorch/pytorch#106951). Copies only such
+    gradients; the values are unchanged."""
+    for group in opt.param_groups:
+        for p in group["params"]:
+            g = p.grad
+            if g is not None and g.stride() != p.stride():
+                p.grad = torch.empty_like(p).copy_(g)
 
 
 def _fused_adam_key(opt) -> tuple | None:
