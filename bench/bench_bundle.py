@@ -8,6 +8,7 @@ measured in fresh subprocesses (one trial alone vs one bundle of B), per member.
     python bench/bench_bundle.py                       # sine MAML and MT-net, meta-batch 25 and 4, B = 8
     python bench/bench_bundle.py --members 8 --meta-batch 4 --variants maml --modes fold --rounds 5
     python bench/bench_bundle.py --conv                # also the Omniglot-shaped conv net (5-way 1-shot)
+    python bench/bench_bundle.py --processes 2 --meta-batch 25 --modes fold --rounds 3   # both cores at once
 """
 
 from __future__ import annotations
@@ -76,6 +77,41 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return float(out.stdout.strip().splitlines()[-1])
 
 
+def concurrent_rate(variant: str, meta_batch: int, members: int, mode: str | None, steps: int,
+                    processes: int) -> float:
+    """Member-meta-steps/s of `processes` fresh processes at once (one thread each: one per core), each
+    training one bundle of `members` (or, mode None, one trial alone): every process waits for a common
+    start after its warm-up; total member-steps over the wall time from that start to the last end."""
+    start = time.time() + 8.0  # after every process has imported torch and warmed up
+    code = f"""
+import time, torch
+torch.set_num_threads(1)
+import sys; sys.path.insert(0, {str(__file__.rsplit('/', 1)[0])!r})
+from bench_bundle import make_setup
+from metasweep.core.bundle import Member, bundle_step
+from metasweep.core.meta import outer_step
+from metasweep.core.state import init_state
+s = make_setup({variant!r}, {meta_batch}, False)
+mode = {mode!r}
+if mode is None:
+    st = init_state(s, 0)
+    step = lambda: outer_step(s, st)
+else:
+    ms = [Member(s, init_state(s, seed)) for seed in range({members})]
+    step = lambda: bundle_step(ms, mode, {FLOATS!r})
+for _ in range(5):
+    step()
+time.sleep(max(0.0, {start} - time.time()))
+for _ in range({steps}):
+    step()
+print(time.time())
+"""
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(processes)]
+    ends = [float(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+    per_process = members if mode is not None else 1
+    return processes * per_process * steps / (max(ends) - start)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--members", type=int, default=8)
@@ -85,6 +121,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--conv", action="store_true", help="also the Omniglot-shaped conv net (synthetic images)")
+    ap.add_argument("--processes", type=int, default=0,
+                    help="also: this many processes at once (one per core), each one fold bundle of --members, against "
+                         "as many separate trials at once; total member-meta-steps/s (dense net)")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -109,6 +148,18 @@ def main() -> None:
         print(f"{line['net']:5s} {variant:8s} meta-batch {mb:2d}: separate {line['separate']:.0f}, {ratios} "
               f"member-steps/s; peak RSS {line['rss_single_mb']:.0f} MiB alone, "
               f"{line['rss_bundle_per_member_mb']:.0f} MiB per member in a {best} bundle")
+    if args.processes:
+        for variant in args.variants:
+            for mb in args.meta_batch:
+                steps = args.steps * 10
+                rates = {m: statistics.median(concurrent_rate(variant, mb, args.members, m, steps * (1 if m else 4),
+                                                              args.processes) for _ in range(args.rounds))
+                         for m in (None, "fold")}
+                results.append({"variant": variant, "meta_batch": mb, "processes": args.processes,
+                                "separate_at_once": rates[None], "fold_at_once": rates["fold"]})
+                print(f"{args.processes} processes at once, {variant} meta-batch {mb}: one trial each "
+                      f"{rates[None]:.0f}, one fold bundle of {args.members} each {rates['fold']:.0f} "
+                      "member-steps/s in all")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

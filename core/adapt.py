@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch.func import grad
 
+from .cells import to_tasks
 from .losses import PER_TASK, PER_TASK_GRAD
 from .model import Params
 from .variants import Variant
@@ -102,12 +103,28 @@ def threshold_mask(zeta: torch.Tensor) -> torch.Tensor:
     return (zeta >= 0).to(zeta.dtype)
 
 
+def written_out(model, loss_fn):
+    """The model's written-out inner gradient (`task_gradients`, core.cells) for this loss, or None where
+    autograd differentiates: a loss without a written-out gradient (core.losses.PER_TASK_GRAD), a model
+    class without its own (a subclass with another forward pass, a wrapper delegating attributes)."""
+    if loss_fn in PER_TASK_GRAD and getattr(type(model), "task_gradients", None) is not None:
+        return model.task_gradients
+    return None
+
+
+def takes_groups(model, loss_fn) -> bool:
+    """Whether the batched `adapt` (task_params) takes parameters [groups, ...], each group's shared by
+    tasks / groups consecutive tasks (core.bundle's fold passes each member's once): the written-out
+    gradient of a model whose products take groups (core.cells.affine). Elsewhere one set per task."""
+    return written_out(model, loss_fn) is not None and getattr(type(model), "grouped", False)
+
+
 def adapt(params: Params, x_support: torch.Tensor, y_support: torch.Tensor, *, model, variant: Variant,
           alpha: float, temperature: float, steps: int, loss_fn, noise: dict[str, torch.Tensor] | None = None,
           mask_mode: str = "sample", all_steps: bool = False, batched: bool = False, frozen: tuple[str, ...] = (),
-          task_params: bool = False):
+          task_params: bool = False, x_query: torch.Tensor | None = None):
     """k inner steps on the support set; returns the fast parameters (or, with `all_steps`, the
-    list after step 0..k).
+    list after step 0..k; or, given `x_query`, the outputs for it after step k).
 
     Unbatched (one task; what `vmap` maps): gradients by `torch.func.grad`, `noise[z]` has shape
     [draws, *zeta.shape]. Batched (`batched=True`): inputs and noise carry a leading task dimension,
@@ -118,35 +135,42 @@ def adapt(params: Params, x_support: torch.Tensor, y_support: torch.Tensor, *, m
     double-backward graph. Second order unless the variant is first order. `frozen` cells are
     left out of the inner loop (the freezing study). `task_params` (batched only): every parameter
     already has the task dimension, and alpha / temperature may be one value per task (a bundle of
-    trials folded into the task dimension, core.bundle)."""
+    trials folded into the task dimension, core.bundle); where `takes_groups`, also as [groups, ...], each
+    shared by tasks / groups consecutive tasks (a bundle member's).
+
+    With `x_query` and a model that writes its backpropagation out, the last step is never formed: the
+    model's `forward_updated` computes the query outputs from the step's factors (per-task kernels, one
+    product of the shared weights over all points), the same values to float rounding with fewer
+    products. Only where each cell's W and b move by one step size per row (no Meta-SGD alpha, no
+    "-full" mask); otherwise the fast parameters are formed and `model.forward` is applied.)"""
     names = adapted_names(model, variant, frozen)
     first_order = variant.order == "first"
     closed_form = None
     if batched:
         outer = torch.is_grad_enabled() and any(params[n].requires_grad for n in params)
-        if loss_fn in PER_TASK_GRAD and getattr(type(model), "task_gradients", None) is not None:
-            closed_form = model.task_gradients  # the model's class's own (not a wrapper's delegation)
+        closed_form = written_out(model, loss_fn)
+    n_tasks = x_support.shape[0]
+
+    def per_task(v: torch.Tensor) -> torch.Tensor:  # a parameter of a bundle member's group, one per task
+        return to_tasks(v, n_tasks) if task_params and closed_form is not None else v
     if closed_form is not None:
         # backpropagation written out by the model (core.cells): the same values as the autograd form
-        # below, and the meta-gradient needs no double-backward graph. The adapted parameters are
-        # expanded to [tasks, ...] as there: one product per task from the first step (a shared W's
-        # one product over all points measured 3-5 % faster, but rounds differently from a bundle's
-        # members, whose W are per task - and one rounding apart can cross a ReLU's kink)
-        fast = {n: params[n] if task_params else params[n].expand(x_support.shape[0], *params[n].shape) for n in names}
+        # below, and the meta-gradient needs no double-backward graph. The first step computes with the
+        # shared parameters (one product over all tasks' points); the update gives each task its own
+        fast = {n: params[n] for n in names}
 
         def inner_grad(sub: Params) -> Params:
             with torch.set_grad_enabled(outer and not first_order):
                 return closed_form({**params, **sub}, x_support, y_support, PER_TASK_GRAD[loss_fn], names)
     elif batched:
-        n_tasks = x_support.shape[0]
-        per_task = PER_TASK[loss_fn]
+        task_loss = PER_TASK[loss_fn]
         fast = {n: params[n] if task_params else params[n].expand(n_tasks, *params[n].shape) for n in names}
         if not outer:
             fast = {n: f.detach().clone().requires_grad_(True) for n, f in fast.items()}
 
         def inner_grad(sub: Params) -> Params:
             with torch.enable_grad():
-                loss = per_task(model.forward({**params, **sub}, x_support), y_support).sum()
+                loss = task_loss(model.forward({**params, **sub}, x_support), y_support).sum()
                 gs = torch.autograd.grad(loss, [sub[n] for n in names], create_graph=outer and not first_order)
             return dict(zip(names, gs))
     else:
@@ -165,10 +189,10 @@ def adapt(params: Params, x_support: torch.Tensor, y_support: torch.Tensor, *, m
         if not zetas:
             return {}
         if mask_mode == "threshold":
-            by_zeta = {z: threshold_mask(params[z]) for z in zetas}
+            by_zeta = {z: threshold_mask(per_task(params[z])) for z in zetas}
         else:
             draw = 0 if variant.mask == "row" else step
-            by_zeta = dict(zip(zetas, gumbel_masks([params[z] for z in zetas],
+            by_zeta = dict(zip(zetas, gumbel_masks([per_task(params[z]) for z in zetas],
                                                    [noise[z][:, draw] if batched else noise[z][draw] for z in zetas],
                                                    temperature, int(task_params), int(batched))))
         out = {}  # a row mask is shared by W's row and its bias
@@ -187,24 +211,46 @@ def adapt(params: Params, x_support: torch.Tensor, y_support: torch.Tensor, *, m
         masks = masks_for(step)
         lrs = {}
         for n in names:
-            lr = params[f"alpha.{n}"] if variant.learned_alpha else task_factor(alpha, fast[n])
+            lr = per_task(params[f"alpha.{n}"]) if variant.learned_alpha else task_factor(alpha, fast[n])
             lrs[n] = masks[n] * lr if n in masks else lr
         return lrs
 
     row_sizes = step_sizes(0) if variant.mask != "full" else None  # row masks: once per task
+    factored = (x_query is not None and not all_steps and closed_form is not None and steps > 0
+                and not variant.learned_alpha and variant.mask != "full" and hasattr(model, "forward_updated"))
     trajectory = [fast]
     for step in range(steps):
-        g = inner_grad(fast)
         lrs = row_sizes if row_sizes is not None else step_sizes(step)
+        if factored and step == steps - 1:
+            return _updated_outputs(model, {**params, **fast}, x_support, y_support, x_query, loss_fn, names, lrs,
+                                    outer and not first_order)
+        g = inner_grad(fast)
         new = {}
         for n in names:
             lr = lrs[n]  # one fused op (and one backward node) per parameter: fast - lr * g
-            new[n] = (torch.add(fast[n], g[n], alpha=-lr) if isinstance(lr, (int, float)) else
-                      torch.addcmul(fast[n], lr, g[n], value=-1.0))
+            base = per_task(fast[n])
+            new[n] = (torch.add(base, g[n], alpha=-lr) if isinstance(lr, (int, float)) else
+                      torch.addcmul(base, lr, g[n], value=-1.0))
             if batched and not outer and closed_form is None:
                 new[n] = new[n].detach().requires_grad_(True)  # evaluation: no graph across steps
         fast = new
         trajectory.append(fast)
     if all_steps:
         return [{**params, **f} for f in trajectory]
+    if x_query is not None:
+        return model.forward({**params, **fast}, x_query)
     return {**params, **fast}
+
+
+def _updated_outputs(model, params: Params, x_support, y_support, x_query, loss_fn, names: list[str], lrs: dict,
+                     differentiable: bool) -> torch.Tensor:
+    """adapt's last step, never formed: the model's outputs for x_query after one step of size `lrs` (W's
+    and b's of a cell are equal: alpha, times a row mask [(tasks,) out, 1]) from `params`."""
+    cells = sorted({int(n.split(".")[0][1:]) for n in names})
+    with torch.set_grad_enabled(differentiable):
+        inputs, signals = model.backprop(params, x_support, y_support, PER_TASK_GRAD[loss_fn], cells[0])
+    scales = {}
+    for l in cells:
+        lr = lrs[f"c{l}.W"]  # a number, or [(tasks,) out or 1, 1]: as a factor of [tasks, Nq, out]
+        scales[l] = lr if isinstance(lr, (int, float)) else lr.transpose(-1, -2)
+    return model.forward_updated(params, x_query, inputs, {l: signals[l] for l in cells}, scales)

@@ -39,6 +39,8 @@ import numpy as np
 import torch
 from torch.func import grad, vmap
 
+from .adapt import takes_groups
+from .cells import to_tasks
 from .evaluate import evaluate_members
 from .hparams import TensorHParams, hparam_def
 from .meta import meta_loss, outer_rule, outer_step, reptile_direction
@@ -69,16 +71,14 @@ def varying(setups: list[Setup]) -> tuple[str, ...]:
 
 
 def auto_mode(setup: Setup) -> str:
-    """The mode measured fastest (bench/bench_bundle.py, one CPU thread, 8 members of 10-shot sine MAML):
-    "fold" at small meta-batches (4 tasks: fold 2900, vmap 1850 member-steps/s; 10: 1860 vs 1520), "vmap"
-    at large ones (25: fold 930, vmap 1110), where fold's per-task weight copies cost more than its
-    saved dispatches. "vmap" for learners that cannot fold; "loop" for outer rules with no batched gradient
+    """The mode measured fastest (bench/bench_bundle.py, one CPU thread, 8 members of 10-shot sine): "fold"
+    for learners that can fold, at every meta-batch since the dense net takes each member's parameters
+    once (core.adapt.takes_groups; MAML: fold 4,710 vs vmap 2,119 member-steps/s at meta-batch 4, 1,991 vs
+    1,159 at 25); "vmap" for learners that cannot fold; "loop" for outer rules with no batched gradient
     (TRPO) and for members with a train_shots_range (their meta-batches differ in shape)."""
     if not outer_rule(setup.learner.outer).batched_gradient or setup.train_shots_range is not None:
         return "loop"
-    if getattr(setup.learner, "fold", False) and setup.hp.meta_batch <= 12:
-        return "fold"
-    return "vmap"
+    return "fold" if getattr(setup.learner, "fold", False) else "vmap"
 
 
 def check_bundle(setups: list[Setup], mode: str = "vmap") -> None:
@@ -136,7 +136,8 @@ def _draw(members: list[Member]) -> tuple[list[Batch], list[dict]]:
 def fold_gradients(members: list[Member], floats: tuple[str, ...]):
     """(per-member gradients {name: [B, ...]}, per-member losses [B]): B members x T tasks as B*T tasks
     of the batched engine, each task with its member's parameters (expanded, differentiable) and float
-    hyper-parameters; d/d(member b) of sum_b mean_t loss_bt is member b's own meta-gradient."""
+    hyper-parameters (where core.adapt.takes_groups, the members' parameters as they are, each shared by its
+    member's T tasks); d/d(member b) of sum_b mean_t loss_bt is member b's own meta-gradient."""
     setup = members[0].setup
     hp, learner, n = setup.hp, setup.learner, len(members)
     batches, noises = _draw(members)
@@ -148,11 +149,13 @@ def fold_gradients(members: list[Member], floats: tuple[str, ...]):
     with setup.math_mode():
         leaves = {k: v.detach().requires_grad_(learner.outer != "reptile")
                   for k, v in _stack([m.state.params for m in members]).items()}
-        per_task = {k: v.unsqueeze(1).expand(n, tasks, *v.shape[1:]).reshape(n * tasks, *v.shape[1:])
-                    for k, v in leaves.items()}
         if learner.outer == "reptile":
-            return _fold_reptile(s, leaves, per_task, batch, noise, n, tasks)
-        losses = learner.query_loss(s, per_task, batch, noise, batched=True, task_params=True).view(n, tasks).mean(1)
+            return _fold_reptile(s, leaves, {k: to_tasks(v, n * tasks) for k, v in leaves.items()}, batch, noise, n,
+                                 tasks)
+        # where the model computes with grouped parameters, each member's once (one product per member over its
+        # tasks' points, no per-task copies: core.cells.affine); else one copy per task
+        folded = leaves if takes_groups(s.model, s.loss_fn) else {k: to_tasks(v, n * tasks) for k, v in leaves.items()}
+        losses = learner.query_loss(s, folded, batch, noise, batched=True, task_params=True).view(n, tasks).mean(1)
         grads = torch.autograd.grad(losses.sum(), list(leaves.values()), allow_unused=True)
     return ({k: g if g is not None else torch.zeros_like(leaves[k]) for k, g in zip(leaves, grads)},
             losses.detach())
@@ -207,6 +210,7 @@ def bundle_step(members: list[Member], mode: str, floats: tuple[str, ...]) -> li
     if mode == "loop":
         return [outer_step(m.setup, m.state) for m in members]
     grads, losses = (fold_gradients if mode == "fold" else vmap_gradients)(members, floats)
+    grads = {name: g.contiguous() for name, g in grads.items()}  # each member's slice laid out as its parameter
     for i, m in enumerate(members):
         for name, p in m.state.params.items():
             p.grad = grads[name][i]

@@ -34,6 +34,7 @@ class DenseNet:
 
     sizes: tuple[int, ...] = (1, 40, 40, 1)
     init_std: float = 1e-2
+    grouped = True  # computes with parameters [groups, ...] shared by consecutive tasks (`affine`; core.bundle)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -41,6 +42,7 @@ class DenseNet:
         # of its own (another activation, say) and no task_gradients of its own is left to autograd
         if "forward" in cls.__dict__ and "task_gradients" not in cls.__dict__:
             cls.task_gradients = None
+            cls.grouped = False
 
     @property
     def n_cells(self) -> int:
@@ -85,6 +87,21 @@ class DenseNet:
         (torch's convention)."""
         if not names:
             return {}
+        inputs, signals = self.backprop(p, x, y, loss_grad, min(int(n.split(".")[0][1:]) for n in names))
+        grads: Params = {}
+        for l, d in signals.items():
+            if f"c{l}.W" in names:
+                grads[f"c{l}.W"] = d.transpose(-1, -2) @ inputs[l]
+            if f"c{l}.b" in names:
+                grads[f"c{l}.b"] = d.sum(-2)
+        return {n: grads[n] for n in names}
+
+    def backprop(self, p: Params, x: torch.Tensor, y: torch.Tensor, loss_grad,
+                 lowest: int = 0) -> tuple[list[torch.Tensor], dict[int, torch.Tensor]]:
+        """The two factors of every task's gradient: each cell's input h_l [tasks, N, in_l] and its
+        signal d_l = d loss_t / d (W_l h + b_l) [tasks, N, out_l] (after T), for cells `lowest`..last,
+        so that grad W_l = d_l^T h_l and grad b_l = sum over points of d_l (task_gradients;
+        forward_updated applies an update without forming it)."""
         inputs = [x]  # each cell's input h
         h = x
         last = self.n_cells - 1
@@ -93,40 +110,85 @@ class DenseNet:
             z = cell_output(h, p[f"{c}.W"], p[f"{c}.b"], p.get(f"{c}.T"))
             h = F.relu(z) if l != last else z
             inputs.append(h)
-        lowest = min(int(n.split(".")[0][1:]) for n in names)
         d = loss_grad(h, y)  # d loss / d (cell output), [tasks, N, out]
-        grads: Params = {}
+        signals: dict[int, torch.Tensor] = {}
         for l in range(last, lowest - 1, -1):
             c = f"c{l}"
-            W, T, h = p[f"{c}.W"], p.get(f"{c}.T"), inputs[l]
+            T = p.get(f"{c}.T")
             if T is not None:
-                d = d @ T  # through h T^T: d (Wh + b)
-            if f"{c}.W" in names:
-                grads[f"{c}.W"] = d.transpose(-1, -2) @ h
-            if f"{c}.b" in names:
-                grads[f"{c}.b"] = d.sum(-2)
+                d = affine(d, T.transpose(-1, -2))  # d @ T, through h T^T: d (Wh + b)
+            signals[l] = d
             if l > lowest:
                 # through W h and the ReLU below: the op autograd's own ReLU backward is (differentiable
                 # in the gradient, its derivative the same op): 0 where the ReLU's output is not > 0
-                d = torch.ops.aten.threshold_backward(d @ W, h, 0.0)
-        return {n: grads[n] for n in names}
+                d = torch.ops.aten.threshold_backward(affine(d, p[f"{c}.W"].transpose(-1, -2)), inputs[l], 0.0)
+        return inputs, signals
+
+    def forward_updated(self, p: Params, x: torch.Tensor, inputs: list[torch.Tensor],
+                        signals: dict[int, torch.Tensor], scales: dict[int, object]) -> torch.Tensor:
+        """Outputs for x [tasks, Nq, in] of the net one gradient step on: cell l's W_l - s_l (d_l^T h_l)
+        and b_l - s_l sum(d_l) for the factors of `backprop` (h_l [tasks, Ns, in], d_l [tasks, Ns, out])
+        and a step size s_l per cell (a number, or a tensor broadcasting to [tasks, 1, out]: per-task
+        alpha times a row mask, MT-net eq. 8), without forming the per-task weights:
+
+            (W_l - s_l d_l^T h_l) x + b_l - s_l d_l^T 1 = (W_l x + b_l) - s_l d_l^T (h_l x + 1),
+
+        a [Nq, Ns] kernel per task instead of an [out, in] matrix (fewer products: Ns < in, and W_l x
+        is one product over all tasks' points when W_l is shared). Cells without a signal keep W, b.
+        The same values as `forward` on the updated parameters, to float rounding (tests/test_core_math.py)."""
+        h = x
+        last = self.n_cells - 1
+        for l in range(self.n_cells):
+            c = f"c{l}"
+            if l not in signals:
+                z = cell_output(h, p[f"{c}.W"], p[f"{c}.b"], p.get(f"{c}.T"))
+            else:
+                base = cell_output(h, p[f"{c}.W"], p[f"{c}.b"], None)
+                support = inputs[l]
+                ones = torch.ones((), dtype=h.dtype, device=h.device).expand(h.shape[0], h.shape[-2], support.shape[-2])
+                kernel = torch.baddbmm(ones, h, support.transpose(-1, -2))  # h x + 1: [tasks, Nq, Ns]
+                s = scales[l]
+                z = (torch.baddbmm(base, kernel, signals[l], alpha=-s) if isinstance(s, (int, float)) else
+                     torch.addcmul(base, kernel @ signals[l], s, value=-1.0))
+                T = p.get(f"{c}.T")
+                if T is not None:
+                    z = affine(z, T)
+            h = F.relu(z) if l != last else z
+        return h
 
 
 def cell_output(h: torch.Tensor, W: torch.Tensor, b: torch.Tensor, T: torch.Tensor | None) -> torch.Tensor:
-    """T (W h + b) for h [(tasks,) N, in], W [(tasks,) out, in], b [(tasks,) out], T [(tasks,) out, out]:
-    one fused multiply-add (addmm when W is shared: every task's points in one product; baddbmm when
-    every task has its own W). (Multiplying T into W first saves arithmetic where in < points, e.g. the
-    sine net's first cell, but measured slower at the sine net's sizes: the extra products' dispatch
-    costs more than the multiplications they save.)"""
+    """T (W h + b) for h [(tasks,) N, in], W [(groups,) out, in], b [(groups,) out], T [(groups,) out, out]
+    (`affine`: one fused multiply-add over every point of the tasks that share a W). (Multiplying T into
+    W first saves arithmetic where in < points, e.g. the sine net's first cell, but measured slower at
+    the sine net's sizes: the extra products' dispatch costs more than the multiplications they save.)"""
+    out = affine(h, W, b)
+    return out if T is None else affine(out, T)
+
+
+def affine(h: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    """h W^T (+ b) for points h [(tasks,) N, in] and W [(groups,) out, in], b [(groups,) out]: W shared by
+    every task (2-D: addmm, one product over all points); or G groups of tasks / G consecutive tasks,
+    each group sharing its W (core.bundle's fold: one product per member over its tasks' points; G =
+    tasks: every task its own W, as after an inner step)."""
     if W.dim() == 2:
-        out = F.linear(h, W, b)
-    elif h.dim() == 3:
-        out = torch.baddbmm(b.unsqueeze(-2), h, W.transpose(-1, -2))
-    else:
-        out = h @ W.transpose(-1, -2) + b.unsqueeze(-2)
-    if T is not None:
-        out = out @ T.transpose(-1, -2)
-    return out
+        return F.linear(h, W, b)
+    if h.dim() != 3:  # an unbatched h against per-task W: broadcast
+        out = h @ W.transpose(-1, -2)
+        return out if b is None else out + b.unsqueeze(-2)
+    tasks, groups = h.shape[0], W.shape[0]
+    hg = h if groups == tasks else h.reshape(groups, -1, h.shape[-1])
+    out = torch.bmm(hg, W.transpose(-1, -2)) if b is None else torch.baddbmm(b.unsqueeze(-2), hg, W.transpose(-1, -2))
+    return out if groups == tasks else out.view(tasks, -1, out.shape[-1])
+
+
+def to_tasks(v: torch.Tensor, tasks: int) -> torch.Tensor:
+    """A parameter [groups, ...] of `affine`'s grouped layout as one per task [tasks, ...] (a copy when
+    groups < tasks; as is when groups = tasks)."""
+    groups = v.shape[0]
+    if groups == tasks:
+        return v
+    return v.unsqueeze(1).expand(groups, tasks // groups, *v.shape[1:]).reshape(tasks, *v.shape[1:])
 
 
 def _dense_for(family, hidden: tuple[int, ...]) -> DenseNet:

@@ -139,7 +139,7 @@ def grid_trial_configs(spec: Spec) -> list[tuple[Cell, TrialConfig]]:
     return out
 
 
-AUTO_BUNDLE = 8  # members per bundle where bundles pay (bench/bench_bundle.py: 3.1x at 8 MAML sine members)
+AUTO_BUNDLE = 8  # members per bundle where bundles pay (bench/bench_bundle.py: 8 MAML sine members 3.1x at meta-batch 4)
 
 
 def slots_for(spec: Spec, cpus: float, gpus: float = 0.0) -> int:
@@ -153,9 +153,9 @@ def slots_for(spec: Spec, cpus: float, gpus: float = 0.0) -> int:
 
 def bundle_size(spec: Spec, cell: Cell, *, members: int | None = None, slots: int | None = None) -> int:
     """Members per bundle of a cell: the spec's `bundle.size`, or "auto": for learners that fold on the
-    dense regression nets on a CPU (where a trial is dispatch-bound and a bundle of 8 runs 1.3-3x the
-    member-steps of separate trials) as many as fill the `slots` trials that run at once with the
-    stage's `members` (at most 8: a cell of 4 trials on 2 slots is 2 bundles of 2, not 1 of 4 and an
+    dense regression nets on a CPU (where a trial is dispatch-bound and a bundle of 8 runs 1.6x the
+    member-steps of separate trials at meta-batch 25, 3.1x at 4) as many as fill the `slots` trials that
+    run at once with the stage's `members` (at most 8: a cell of 4 trials on 2 slots is 2 bundles of 2, not 1 of 4 and an
     idle core; 12 on 8 slots is 6 bundles of 2), 8 when those are not given; 1 (every trial its own)
     elsewhere - conv nets on a CPU are compute-bound, and other learners gain less; set a size to
     bundle them anyway."""

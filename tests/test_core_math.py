@@ -229,12 +229,13 @@ def test_meta_sgd_has_one_alpha_per_adapted_parameter_and_it_gets_gradient(float
 # ---------------------------------------------------------------- meta-gradients
 
 
+@pytest.mark.parametrize("steps", [1, 2])
 @pytest.mark.parametrize("name", [n for n, v in PRESETS.items() if v.outer == "maml" and v.order == "second"])
-def test_meta_gradient_matches_finite_differences(float64, name):
-    """For every preset trained by a meta-gradient: autograd through the inner loop (2 steps) equals
-    central differences of the meta-loss. For masks, the straight-through estimator makes the
+def test_meta_gradient_matches_finite_differences(float64, name, steps):
+    """For every preset trained by a meta-gradient: autograd through the inner loop (1 and 2 steps)
+    equals central differences of the meta-loss. For masks, the straight-through estimator makes the
     hard forward pass piecewise constant in zeta, so the zeta check uses the relaxed (soft) mask."""
-    setup, params, batch, noise = tiny_problem(name, inner_steps=2)
+    setup, params, batch, noise = tiny_problem(name, inner_steps=steps)
     grads, _ = meta_gradient(params, batch, noise, setup)
     numeric = central_fd(lambda p: meta_loss(p, batch, noise, setup), params)
     for k in params:
@@ -376,6 +377,73 @@ def test_dense_task_gradients_equal_autograd_and_so_do_their_derivatives(float64
         b = torch.zeros_like(params[k]) if b is None else b
         torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10, msg=f"second order {k}")
     assert any(a is not None and a.abs().sum() > 0 for a in second)
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+@pytest.mark.parametrize("layout", ["shared", "per_task", "grouped"])
+@pytest.mark.parametrize("name,frozen,mask_mode", [
+    ("maml", (), "sample"), ("fomaml", (), "sample"), ("t-net", (), "sample"), ("mt-net", (), "sample"),
+    ("mt-net", (), "threshold"), ("m-net", (), "sample"), ("anil", (), "sample"), ("maml", ("c1",), "sample"),
+    ("mt-net-full", (), "sample"), ("meta-sgd", (), "sample")])
+def test_query_outputs_of_the_unformed_last_step_equal_those_of_the_formed_one(float64, name, frozen, mask_mode,
+                                                                                layout, steps):
+    """adapt(..., x_query=...) computes the last inner step's query outputs from its factors
+    (DenseNet.forward_updated: per-task kernels, no per-task weights) where each cell moves by one
+    step size per row; its outputs and their derivatives w.r.t. every meta-parameter (MAML's second
+    order, zeta's straight-through path) equal the forward pass on the formed fast parameters. Parameters
+    shared by all tasks, one set per task, or one per group of consecutive tasks (core.bundle's fold:
+    core.cells.affine) - with a per-task alpha and temperature - and the grouped layout equals the same
+    parameters copied to every task of the group. The variants where the step is formed (full masks,
+    Meta-SGD) give the same values by definition."""
+    g = torch.Generator().manual_seed(5)
+    model = DenseNet((2, 5, 4, 3), init_std=0.7)
+    variant = get_variant(name)
+    params = learner_params(model, variant, g, dtype=D)
+    params = {k: v + 0.3 * torch.randn(v.shape, generator=g, dtype=D) for k, v in params.items()}
+    n_tasks, lead = 4, {"shared": 0, "per_task": 4, "grouped": 2}[layout]
+    alpha, temperature = 0.05, 0.7
+    if lead:
+        params = {k: v + 0.1 * torch.randn((lead, *v.shape), generator=g, dtype=D) for k, v in params.items()}
+        alpha = torch.tensor([0.05, 0.1, 0.02, 0.07], dtype=D)
+        temperature = torch.tensor([0.7, 1.0, 0.5, 2.0], dtype=D)
+    params = {k: v.requires_grad_(True) for k, v in params.items()}
+    xs, xq = torch.randn(n_tasks, 6, 2, generator=g, dtype=D), torch.randn(n_tasks, 5, 2, generator=g, dtype=D)
+    ys = torch.randn(n_tasks, 6, 3, generator=g, dtype=D)
+    noise = {k: torch.randn((n_tasks, steps, *v.shape[int(bool(lead)):]), generator=g, dtype=D)
+             for k, v in params.items() if ".zeta" in k}
+    kw = dict(model=model, variant=variant, alpha=alpha, temperature=temperature, steps=steps, loss_fn=mse,
+              noise=noise, mask_mode=mask_mode, batched=True, frozen=frozen, task_params=bool(lead))
+    ours = adapt(params, xs, ys, x_query=xq, **kw)
+    refs = [model.forward(adapt(params, xs, ys, **kw), xq)]
+    if layout == "grouped":
+        copied = {k: v.repeat_interleave(2, 0) for k, v in params.items()}
+        refs.append(model.forward(adapt(copied, xs, ys, **kw), xq))
+    probe = torch.randn(ours.shape, generator=g, dtype=D)
+    leaves = list(params.values())
+    a = torch.autograd.grad((ours * probe).sum(), leaves, allow_unused=True, retain_graph=True)
+    for ref in refs:
+        torch.testing.assert_close(ours, ref, atol=1e-12, rtol=1e-10)
+        b = torch.autograd.grad((ref * probe).sum(), leaves, allow_unused=True)
+        for k, x, y in zip(params, a, b):
+            assert (x is None) == (y is None), k
+            if x is not None:
+                torch.testing.assert_close(x, y, atol=1e-12, rtol=1e-10, msg=k)
+    assert any(x is not None and ".zeta" in k and x.abs().sum() > 0 for k, x in zip(params, a)) == (
+        variant.masked and mask_mode == "sample")  # a threshold mask passes no gradient to zeta
+
+
+def test_the_fold_passes_groups_only_where_adapt_takes_them():
+    """core.adapt.takes_groups: the dense net's written-out gradient takes one parameter set per group of
+    tasks; a subclass with its own forward pass, a wrapper, or a loss without a written-out gradient
+    get one set per task (autograd's per-task gradients need per-task leaves)."""
+    from metasweep.core.adapt import takes_groups
+    from metasweep.core.losses import cross_entropy
+
+    dense = DenseNet((1, 4, 1))
+    assert takes_groups(dense, mse) and takes_groups(dense, cross_entropy)
+    assert not takes_groups(TanhNet((1, 4, 1)), mse)
+    assert not takes_groups(Wrapped(), mse)
+    assert not takes_groups(dense, lambda out, y: (out - y).abs().mean())
 
 
 def model_shape(p, shared):

@@ -79,6 +79,8 @@ def test_bundles_of_ranged_members_only_in_loop_mode():
     maml = Setup(Sine(), registry.make_learner("maml"), HParams(meta_batch=4))
     assert (auto_mode(s), auto_mode(maml), auto_mode(dataclasses.replace(maml, train_shots_range=(2, 4)))) == (
         "loop", "fold", "loop")
+    big = dataclasses.replace(maml, hp=HParams(meta_batch=25))
+    assert auto_mode(big) == "fold"  # the dense net takes each member's parameters once: fold at every meta-batch
     with pytest.raises(ValueError, match="bundle them with mode loop"):
         check_bundle([s, s], "vmap")
 

@@ -85,21 +85,26 @@ class GradientLearner(LearnerBase):
 
     fold = True  # batched outputs accept per-task parameters (core.bundle's fold mode)
 
+    def _adapt(self, setup, params: Params, x_support, y_support, noise: dict, **kw):
+        hp = setup.hp
+        return adapt(params, x_support, y_support, model=setup.model, variant=self.variant, alpha=hp.alpha,
+                     temperature=hp.temperature, loss_fn=setup.loss_fn, noise=noise, frozen=self.frozen, **kw)
+
     def trajectory(self, setup, params: Params, x_support, y_support, noise: dict, *, steps: int,
                    every_step: bool = True, mask_mode: str = "sample", batched: bool = False,
                    task_params: bool = False):
         """The fast parameters after 0..steps inner steps (or only after `steps`)."""
-        hp = setup.hp
-        out = adapt(params, x_support, y_support, model=setup.model, variant=self.variant, alpha=hp.alpha,
-                    temperature=hp.temperature, steps=steps, loss_fn=setup.loss_fn, noise=noise,
-                    mask_mode=mask_mode, all_steps=every_step, batched=batched, frozen=self.frozen,
-                    task_params=task_params)
+        out = self._adapt(setup, params, x_support, y_support, noise, steps=steps, mask_mode=mask_mode,
+                          all_steps=every_step, batched=batched, task_params=task_params)
         return out if every_step else [out]
 
     def outputs(self, setup, params: Params, x_support, y_support, x_query, noise: dict, *, steps: int,
                 every_step: bool, mask_mode: str = "sample", batched: bool = False,
                 task_params: bool = False) -> list[torch.Tensor]:
-        fast = self.trajectory(setup, params, x_support, y_support, noise, steps=steps, every_step=every_step,
+        if not every_step:  # after the last step only: adapt may compute them without forming that step
+            return [self._adapt(setup, params, x_support, y_support, noise, steps=steps, mask_mode=mask_mode,
+                                batched=batched, task_params=task_params, x_query=x_query)]
+        fast = self.trajectory(setup, params, x_support, y_support, noise, steps=steps, every_step=True,
                                mask_mode=mask_mode, batched=batched, task_params=task_params)
         return [setup.model.forward(f, x_query) for f in fast]
 
