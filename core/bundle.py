@@ -43,6 +43,7 @@ from .adapt import takes_groups
 from .cells import to_tasks
 from .evaluate import evaluate_members
 from .hparams import TensorHParams, hparam_def
+from .learners.base import LearnerBase
 from .meta import meta_loss, outer_rule, outer_step, reptile_direction
 from .optim import step_optimizers
 from .setup import Setup
@@ -121,16 +122,25 @@ def _member_values(members: list[Member], names: tuple[str, ...]) -> dict[str, t
             for n in names}
 
 
-def _draw(members: list[Member]) -> tuple[list[Batch], list[dict]]:
-    """Each member's next meta-batch and noise, from its own generator, drawn as when it trains alone."""
+def _draw(members: list[Member]) -> tuple[Batch, list[dict]]:
+    """Every member's next meta-batch, concatenated over members along the task dimension, and its noise,
+    each from the member's own generator in the order it draws alone (batch, then noise). Where the learner
+    samples the family's batch (LearnerBase.train_batch, no train_shots_range), each member's draws are
+    taken and the family's arithmetic done once for all members (core.tasks.base: draw / finish); the
+    values are the same."""
     setup = members[0].setup
-    hp = setup.hp
-    batches, noises = [], []
+    hp, family = setup.hp, setup.family
+    split = (type(setup.learner).train_batch is LearnerBase.train_batch and setup.train_shots_range is None
+             and hasattr(family, "finish"))
+    drawn, noises = [], []
     for m in members:
         st = m.state
-        batches.append(m.setup.learner.train_batch(m.setup, st.generator).to(setup.device, setup.dtype))
+        drawn.append(family.draw(st.generator, hp.meta_batch, setup.train_shots, setup.queries) if split
+                     else tuple(m.setup.learner.train_batch(m.setup, st.generator)))
         noises.append(m.setup.learner.noise(m.setup, st.params, st.generator, hp.meta_batch, hp.inner_steps))
-    return batches, noises
+    joined = tuple(torch.cat(ts) for ts in zip(*drawn))
+    batch = family.finish(joined, setup.train_shots) if split else Batch(*joined)
+    return batch.to(setup.device, setup.dtype), noises
 
 
 def fold_gradients(members: list[Member], floats: tuple[str, ...]):
@@ -140,8 +150,7 @@ def fold_gradients(members: list[Member], floats: tuple[str, ...]):
     member's T tasks); d/d(member b) of sum_b mean_t loss_bt is member b's own meta-gradient."""
     setup = members[0].setup
     hp, learner, n = setup.hp, setup.learner, len(members)
-    batches, noises = _draw(members)
-    batch = Batch(*(torch.cat(t) for t in zip(*batches)))
+    batch, noises = _draw(members)
     noise = {k: torch.cat([nz[k] for nz in noises]) for k in noises[0]} if noises[0] else {}
     tasks = batch.x_support.shape[0] // n
     values = {k: v.repeat_interleave(tasks) for k, v in _member_values(members, floats).items()}
@@ -182,8 +191,8 @@ def vmap_gradients(members: list[Member], floats: tuple[str, ...]):
     in one vmap over the member dimension."""
     setup = members[0].setup
     hp = setup.hp
-    batches, noises = _draw(members)
-    batch = Batch(*(torch.stack(t) for t in zip(*batches)))
+    batch, noises = _draw(members)
+    batch = Batch(*(t.unflatten(0, (len(members), -1)) for t in batch))  # [members, tasks, ...]
     noise = _stack(noises) if noises[0] else {}
     params = _stack([{k: v.detach() for k, v in m.state.params.items()} for m in members])
     reptile = setup.learner.outer == "reptile"

@@ -201,6 +201,38 @@ def test_what_cannot_be_bundled_is_a_clear_error():
     check_bundle([sine("maml"), sine("maml", inner_steps=2)], mode="loop")  # loop mode runs anything
 
 
+@pytest.mark.parametrize("case", ["sine-mt-net", "polynomial-maml", "images-maml", "images-siamese"])
+def test_members_draw_their_batches_and_noise_as_each_alone(case):
+    """core.bundle._draw: each member's meta-batch and mask noise, bit for bit what it draws alone (its
+    generator, its order: batch, then noise), and its generator left where alone leaves it - where the
+    family's draws are finished for all members at once (regression: draw / finish) and where each
+    member's batch is its learner's own (images; siamese samples its own pairs)."""
+    from metasweep.core.bundle import _draw
+    from metasweep.core.registry import make_learner
+    from metasweep.core.tasks.regression import Polynomial
+
+    family_name, learner_name = case.split("-", 1)
+    if family_name == "images":
+        fam, model, shots = SyntheticImages(ways=2, channels=1, size=8), ConvNet(1, 8, 3, 2, 2, "stride", "mean"), 1
+    else:
+        fam, model, shots = (Sine() if family_name == "sine" else Polynomial(order=3)), None, 5
+    learner = make_learner(learner_name)
+    setups = [Setup(fam, learner, HParams(meta_batch=3, alpha=a), model, train_shots=shots, queries=4)
+              for a in (0.01, 0.03, 0.02)]
+    members = [Member(s, init_state(s, seed)) for s, seed in zip(setups, (4, 5, 6))]
+    gens = [torch.Generator().set_state(m.state.generator.get_state()) for m in members]
+    batch, noises = _draw(members)
+    alone_batches = []
+    for s, m, g, noise in zip(setups, members, gens, noises):
+        alone_batches.append(s.learner.train_batch(s, g))
+        ref = s.learner.noise(s, m.state.params, g, 3, s.hp.inner_steps)
+        assert ref.keys() == noise.keys() and all(torch.equal(ref[k], noise[k]) for k in ref)
+        assert torch.equal(g.get_state(), m.state.generator.get_state())
+    assert bool(noises[0]) == (learner_name == "mt-net")
+    for t, parts in zip(batch, zip(*alone_batches)):
+        assert torch.equal(t, torch.cat(parts))
+
+
 @pytest.mark.parametrize("preset", ["protonet", "matching", "relation", "siamese"])
 def test_other_learner_families_bundle_too(preset):
     """Bundles read the learner protocol only: metric-based learners (vmap mode; they do not fold) equal

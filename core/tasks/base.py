@@ -80,6 +80,17 @@ class FamilyBase:
             parts.append(self.eval_task(g, max_shots, queries, split))
         return Batch(*(torch.cat(ts) for ts in zip(*parts)))
 
+    def draw(self, g: torch.Generator, n_tasks: int, shots: int, queries: int) -> tuple[torch.Tensor, ...]:
+        """What `sample` takes from the generator, as tensors with the task dimension first, such that
+        `finish(draw(...), shots)` is `sample(...)` and `finish` of several draws concatenated along
+        dimension 0 is their samples concatenated (core.bundle draws each member's from its own generator
+        and finishes them at once). By default the sample itself (a family whose arithmetic maps over
+        tasks splits the two: core.tasks.regression)."""
+        return tuple(self.sample(g, n_tasks, shots, queries))
+
+    def finish(self, drawn: tuple[torch.Tensor, ...], shots: int) -> Batch:
+        return Batch(*drawn)
+
     def check_episode(self, split: str, shots: int, queries: int) -> None:
         """Raise (naming the sizes and what to change) if tasks of `shots` support and `queries` query
         points (per class) cannot be drawn from `split`; generated families can draw any size."""

@@ -11,12 +11,15 @@ from .base import Batch, FamilyBase
 
 
 def _uniform(g: torch.Generator, shape, low: float, high: float) -> torch.Tensor:
-    return torch.rand(shape, generator=g, dtype=torch.float64) * (high - low) + low
+    return _scaled(torch.rand(shape, generator=g, dtype=torch.float64), low, high)
 
 
-def _support_then_query(g, f, x_range, n_tasks: int, shots: int, queries: int) -> Batch:
-    """Meta-training tasks: shots + queries inputs in one draw, support first."""
-    x = _uniform(g, (n_tasks, shots + queries, 1), *x_range)
+def _scaled(u: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    return u * (high - low) + low  # _uniform's arithmetic on its draw
+
+
+def _support_then_query(f, x: torch.Tensor, shots: int) -> Batch:
+    """Meta-training tasks from their inputs x [tasks, shots + queries, 1] (one draw, support first)."""
     x, y = x.float(), f(x).float()
     return Batch(x[:, :shots], y[:, :shots], x[:, shots:], y[:, shots:])
 
@@ -30,12 +33,36 @@ def _query_then_support(g, f, x_range, max_shots: int, queries: int) -> Batch:
 
 
 class RegressionFamily(FamilyBase):
-    """What the regression families share: scalar inputs and targets, MSE, the dense net."""
+    """What the regression families share: scalar inputs and targets, MSE, the dense net. A meta-training
+    batch is `finish(draw(...))`: `draw` takes the task parameters' and inputs' uniform draws from the
+    generator (in that order), `finish` does the arithmetic, which maps over tasks (core.tasks.base)."""
 
     loss = "mse"
     model = "dense"
     input_shape = (1,)
     output_dim = 1
+
+    def draw(self, g: torch.Generator, n_tasks: int, shots: int, queries: int) -> tuple[torch.Tensor, ...]:
+        return (*self._param_draws(g, n_tasks), torch.rand((n_tasks, shots + queries, 1), generator=g,
+                                                           dtype=torch.float64))
+
+    def finish(self, drawn: tuple[torch.Tensor, ...], shots: int) -> Batch:
+        *params, x = drawn
+        return _support_then_query(self._function(params), _scaled(x, *self.x_range), shots)
+
+    def sample(self, g: torch.Generator, n_tasks: int, shots: int, queries: int) -> Batch:
+        return self.finish(self.draw(g, n_tasks, shots, queries), shots)
+
+    def _param_draws(self, g: torch.Generator, n_tasks: int) -> list[torch.Tensor]:
+        """The uniform draws of n_tasks tasks' parameters [n_tasks, 1, k] (k per `_param_sizes`)."""
+        return [torch.rand((n_tasks, 1, k), generator=g, dtype=torch.float64) for k in self._param_sizes()]
+
+    def _draw(self, g: torch.Generator, n_tasks: int):
+        """The function of n_tasks tasks drawn from g (evaluation tasks)."""
+        return self._function(self._param_draws(g, n_tasks))
+
+    def eval_task(self, g: torch.Generator, max_shots: int, queries: int, split: str = "test") -> Batch:
+        return _query_then_support(g, self._draw(g, 1), self.x_range, max_shots, queries)
 
 
 @dataclass(frozen=True)
@@ -48,17 +75,12 @@ class Sine(RegressionFamily):
     x_range: tuple[float, float] = (-5.0, 5.0)
     name = "sine"
 
-    def _draw(self, g: torch.Generator, n_tasks: int):
-        a = _uniform(g, (n_tasks, 1, 1), *self.amplitude)
-        w = _uniform(g, (n_tasks, 1, 1), *self.frequency)
-        b = _uniform(g, (n_tasks, 1, 1), *self.phase)
+    def _param_sizes(self) -> tuple[int, ...]:
+        return (1, 1, 1)  # A, w, b: one uniform draw each
+
+    def _function(self, params):
+        a, w, b = (_scaled(u, *r) for u, r in zip(params, (self.amplitude, self.frequency, self.phase)))
         return lambda x: a * torch.sin(w * x + b)
-
-    def sample(self, g: torch.Generator, n_tasks: int, shots: int, queries: int) -> Batch:
-        return _support_then_query(g, self._draw(g, n_tasks), self.x_range, n_tasks, shots, queries)
-
-    def eval_task(self, g: torch.Generator, max_shots: int, queries: int, split: str = "test") -> Batch:
-        return _query_then_support(g, self._draw(g, 1), self.x_range, max_shots, queries)
 
 
 @dataclass(frozen=True)
@@ -79,13 +101,10 @@ class Polynomial(RegressionFamily):
         if int(self.order) != self.order or self.order < 0:
             raise ValueError(f"polynomial order must be an integer >= 0 (got {self.order!r})")
 
-    def _draw(self, g: torch.Generator, n_tasks: int):
+    def _param_sizes(self) -> tuple[int, ...]:
+        return (self.order + 1,)  # the coefficients c_0..c_order: one draw
+
+    def _function(self, params):
         powers = torch.arange(self.order + 1, dtype=torch.float64)
-        c = _uniform(g, (n_tasks, 1, self.order + 1), *self.coef_range) * self.coef_decay**powers
+        c = _scaled(params[0], *self.coef_range) * self.coef_decay**powers
         return lambda x: (c * x**powers).sum(-1, keepdim=True)
-
-    def sample(self, g: torch.Generator, n_tasks: int, shots: int, queries: int) -> Batch:
-        return _support_then_query(g, self._draw(g, n_tasks), self.x_range, n_tasks, shots, queries)
-
-    def eval_task(self, g: torch.Generator, max_shots: int, queries: int, split: str = "test") -> Batch:
-        return _query_then_support(g, self._draw(g, 1), self.x_range, max_shots, queries)
