@@ -142,7 +142,7 @@ def adapt(params: Params, x_support: torch.Tensor, y_support: torch.Tensor, *, m
     model's `forward_updated` computes the query outputs from the step's factors (per-task kernels, one
     product of the shared weights over all points), the same values to float rounding with fewer
     products. Only where each cell's W and b move by one step size per row (no Meta-SGD alpha, no
-    "-full" mask); otherwise the fast parameters are formed and `model.forward` is applied.)"""
+    "-full" mask); otherwise the fast parameters are formed and `model.forward` is applied."""
     names = adapted_names(model, variant, frozen)
     first_order = variant.order == "first"
     closed_form = None
@@ -217,7 +217,9 @@ def adapt(params: Params, x_support: torch.Tensor, y_support: torch.Tensor, *, m
 
     row_sizes = step_sizes(0) if variant.mask != "full" else None  # row masks: once per task
     factored = (x_query is not None and not all_steps and closed_form is not None and steps > 0
-                and not variant.learned_alpha and variant.mask != "full" and hasattr(model, "forward_updated"))
+                and not variant.learned_alpha and variant.mask != "full"
+                and getattr(type(model), "forward_updated", None) is not None
+                and getattr(type(model), "backprop", None) is not None)
     trajectory = [fast]
     for step in range(steps):
         lrs = row_sizes if row_sizes is not None else step_sizes(step)

@@ -38,11 +38,15 @@ class DenseNet:
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        # the written-out backpropagation is this class's forward pass's: a subclass with a forward pass
-        # of its own (another activation, say) and no task_gradients of its own is left to autograd
-        if "forward" in cls.__dict__ and "task_gradients" not in cls.__dict__:
-            cls.task_gradients = None
-            cls.grouped = False
+        # the written-out backpropagation (task_gradients, backprop, forward_updated) and the grouped
+        # products are this class's forward pass's: a subclass with a forward pass of its own (another
+        # activation, say) is left to autograd and to formed inner steps for what it does not write out
+        if "forward" in cls.__dict__:
+            for name in ("task_gradients", "backprop", "forward_updated"):
+                if name not in cls.__dict__:
+                    setattr(cls, name, None)
+            if "grouped" not in cls.__dict__:
+                cls.grouped = False
 
     @property
     def n_cells(self) -> int:

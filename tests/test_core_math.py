@@ -445,6 +445,18 @@ def test_the_fold_passes_groups_only_where_adapt_takes_them():
     assert not takes_groups(Wrapped(), mse)
     assert not takes_groups(dense, lambda out, y: (out - y).abs().mean())
 
+    class OwnGradients(TanhNet):  # its own forward pass and its own inner gradient, nothing else written out
+        def task_gradients(self, p, x, y, loss_grad, names):
+            return autograd_task_gradients(self, p, x, y, "mse", names, shared=p[names[0]].dim() == 2)
+
+    own = OwnGradients((1, 4, 1))
+    assert takes_groups(own, mse) is False and OwnGradients.forward_updated is None  # adapt forms its steps
+    g = torch.Generator().manual_seed(2)
+    params = {k: v.requires_grad_(True) for k, v in learner_params(own, get_variant("maml"), g, dtype=D).items()}
+    xs, ys, xq = (torch.randn(3, 4, 1, generator=g, dtype=D) for _ in range(3))
+    kw = dict(model=own, variant=get_variant("maml"), alpha=0.1, temperature=1.0, steps=1, loss_fn=mse, batched=True)
+    torch.testing.assert_close(adapt(params, xs, ys, x_query=xq, **kw), own.forward(adapt(params, xs, ys, **kw), xq))
+
 
 def model_shape(p, shared):
     return p.shape if shared else p.shape[1:]
