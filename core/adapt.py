@@ -254,5 +254,5 @@ def _updated_outputs(model, params: Params, x_support, y_support, x_query, loss_
     scales = {}
     for l in cells:
         lr = lrs[f"c{l}.W"]  # a number, or [(tasks,) out or 1, 1]: as a factor of [tasks, Nq, out]
-        scales[l] = lr if isinstance(lr, (int, float)) else lr.transpose(-1, -2)
+        scales[l] = lr if isinstance(lr, (int, float)) or lr.dim() < 2 else lr.transpose(-1, -2)
     return model.forward_updated(params, x_query, inputs, {l: signals[l] for l in cells}, scales)

@@ -49,6 +49,7 @@ from .optim import step_optimizers
 from .setup import Setup
 from .state import TrainState
 from .tasks import Batch
+from .tasks.base import splits_sample
 from .train import curve_row, keep_if_best, params_finite
 
 MODES = ("fold", "vmap", "loop")
@@ -73,13 +74,17 @@ def varying(setups: list[Setup]) -> tuple[str, ...]:
 
 def auto_mode(setup: Setup) -> str:
     """The mode measured fastest (bench/bench_bundle.py, one CPU thread, 8 members of 10-shot sine): "fold"
-    for learners that can fold, at every meta-batch since the dense net takes each member's parameters
-    once (core.adapt.takes_groups; MAML: fold 4,710 vs vmap 2,119 member-steps/s at meta-batch 4, 1,991 vs
-    1,159 at 25); "vmap" for learners that cannot fold; "loop" for outer rules with no batched gradient
-    (TRPO) and for members with a train_shots_range (their meta-batches differ in shape)."""
+    for learners that can fold - at every meta-batch where the model takes each member's parameters once
+    (core.adapt.takes_groups, the dense net; MAML: fold 4,710 vs vmap 2,119 member-steps/s at meta-batch 4,
+    1,991 vs 1,159 at 25), else up to meta-batch 12 (above it the per-task copies of the weights cost more
+    than fold saves: before the grouped products, fold 930 vs vmap 1,110 at 25); "vmap" otherwise and for
+    learners that cannot fold; "loop" for outer rules with no batched gradient (TRPO) and for members with a
+    train_shots_range (their meta-batches differ in shape)."""
     if not outer_rule(setup.learner.outer).batched_gradient or setup.train_shots_range is not None:
         return "loop"
-    return "fold" if getattr(setup.learner, "fold", False) else "vmap"
+    if getattr(setup.learner, "fold", False) and (takes_groups(setup.model, setup.loss_fn) or setup.hp.meta_batch <= 12):
+        return "fold"
+    return "vmap"
 
 
 def check_bundle(setups: list[Setup], mode: str = "vmap") -> None:
@@ -130,8 +135,9 @@ def _draw(members: list[Member]) -> tuple[Batch, list[dict]]:
     values are the same."""
     setup = members[0].setup
     hp, family = setup.hp, setup.family
-    split = (type(setup.learner).train_batch is LearnerBase.train_batch and setup.train_shots_range is None
-             and hasattr(family, "finish"))
+    # the learner's own method (through a wrapper's delegation too, e.g. NIL's readout)
+    split = (getattr(setup.learner.train_batch, "__func__", None) is LearnerBase.train_batch
+             and setup.train_shots_range is None and splits_sample(family))
     drawn, noises = [], []
     for m in members:
         st = m.state

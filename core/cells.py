@@ -41,12 +41,19 @@ class DenseNet:
         # the written-out backpropagation (task_gradients, backprop, forward_updated) and the grouped
         # products are this class's forward pass's: a subclass with a forward pass of its own (another
         # activation, say) is left to autograd and to formed inner steps for what it does not write out
+        # (nor a subclass with an inner gradient of its own: the unformed last step would use DenseNet's
+        # gradient, and the grouped products may not suit its own; its `super().task_gradients` still works)
         if "forward" in cls.__dict__:
-            for name in ("task_gradients", "backprop", "forward_updated"):
-                if name not in cls.__dict__:
-                    setattr(cls, name, None)
-            if "grouped" not in cls.__dict__:
-                cls.grouped = False
+            unset = ("task_gradients", "backprop", "forward_updated")
+        elif "task_gradients" in cls.__dict__:
+            unset = ("forward_updated",)
+        else:
+            unset = ()
+        for name in unset:
+            if name not in cls.__dict__:
+                setattr(cls, name, None)
+        if unset and "grouped" not in cls.__dict__:
+            cls.grouped = False
 
     @property
     def n_cells(self) -> int:

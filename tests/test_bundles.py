@@ -233,6 +233,50 @@ def test_members_draw_their_batches_and_noise_as_each_alone(case):
         assert torch.equal(t, torch.cat(parts))
 
 
+def test_a_family_that_overrides_only_sample_is_sampled_by_its_sample_in_bundles():
+    """A family subclass customising only `sample` (docs/EXTENDING.md's protocol) keeps it in a bundle: the
+    parent's draw / finish split is not used for it (core.tasks.base.splits_sample)."""
+    from dataclasses import dataclass
+
+    from metasweep.core.bundle import _draw
+    from metasweep.core.tasks.base import Batch, splits_sample
+
+    @dataclass(frozen=True)
+    class ShiftedSine(Sine):
+        def sample(self, g, n_tasks, shots, queries):
+            b = super().sample(g, n_tasks, shots, queries)
+            return Batch(b.x_support, b.y_support + 100.0, b.x_query, b.y_query + 100.0)
+
+    assert splits_sample(Sine()) and not splits_sample(ShiftedSine())
+    setups = [Setup(ShiftedSine(), get_variant("maml"), HParams(meta_batch=2, alpha=a), train_shots=3, queries=2)
+              for a in (0.01, 0.02)]
+    members = [Member(s, init_state(s, i)) for i, s in enumerate(setups)]
+    gens = [torch.Generator().set_state(m.state.generator.get_state()) for m in members]
+    batch, _ = _draw(members)
+    alone_batches = [s.learner.train_batch(s, g) for s, g in zip(setups, gens)]
+    for t, parts in zip(batch, zip(*alone_batches)):
+        assert torch.equal(t, torch.cat(parts))
+    assert float(batch.y_support.mean()) > 90
+
+
+@pytest.mark.parametrize("mode", ["fold", "vmap"])
+def test_nil_evaluated_members_bundle_in_every_mode(mode):
+    """A learner whose methods are delegated by a wrapper (eval_head: nil, core.learners.readout) bundles in
+    fold and vmap mode and equals its configuration alone."""
+    from metasweep.core.registry import make_learner
+
+    fam = SyntheticImages(ways=2, channels=1, size=8)
+    net = ConvNet(1, 8, 3, 2, 2, "stride", "mean")
+    learner = make_learner("maml", eval_head="nil")
+    setups = [Setup(fam, learner, HParams(alpha=a, beta=1e-3, meta_batch=2), net, train_shots=1, queries=2,
+                    engine=ENGINE[mode]) for a in (0.4, 0.1)]
+    statuses, members = bundle(setups, [0, 1], mode)
+    assert statuses == ["completed", "completed"]
+    for s, seed, m in zip(setups, [0, 1], members):
+        _, st = alone(s, seed)
+        assert_same(st, m.state, exact=False, rtol=1e-5, atol=1e-6, skip=("c0.b", "c1.b"))  # see the conv test
+
+
 @pytest.mark.parametrize("preset", ["protonet", "matching", "relation", "siamese"])
 def test_other_learner_families_bundle_too(preset):
     """Bundles read the learner protocol only: metric-based learners (vmap mode; they do not fold) equal

@@ -458,6 +458,28 @@ def test_the_fold_passes_groups_only_where_adapt_takes_them():
     torch.testing.assert_close(adapt(params, xs, ys, x_query=xq, **kw), own.forward(adapt(params, xs, ys, **kw), xq))
 
 
+def test_a_subclass_with_its_own_inner_gradient_trains_with_it():
+    """A DenseNet subclass that overrides only task_gradients (same forward pass, e.g. a rescaled inner
+    gradient): the last inner step is formed with its gradient (not DenseNet's factors), and its
+    parameters are not passed grouped to a fold."""
+    from metasweep.core.adapt import takes_groups
+
+    class HalfGradients(DenseNet):
+        def task_gradients(self, p, x, y, loss_grad, names):
+            return {n: 0.5 * g for n, g in super().task_gradients(p, x, y, loss_grad, names).items()}
+
+    g = torch.Generator().manual_seed(0)
+    model, plain = HalfGradients((2, 5, 3), init_std=0.7), DenseNet((2, 5, 3), init_std=0.7)
+    assert not takes_groups(model, mse) and HalfGradients.forward_updated is None
+    p = learner_params(model, get_variant("maml"), g, dtype=D)
+    xs, ys, xq = (torch.randn(4, 6, k, generator=g, dtype=D) for k in (2, 3, 2))
+    kw = dict(variant=get_variant("maml"), temperature=1.0, loss_fn=mse, batched=True, steps=2)
+    ours = adapt(p, xs, ys, x_query=xq, model=model, alpha=0.3, **kw)
+    torch.testing.assert_close(ours, model.forward(adapt(p, xs, ys, model=model, alpha=0.3, **kw), xq))
+    # half the gradient at alpha 0.3 is DenseNet's own at alpha 0.15
+    torch.testing.assert_close(ours, adapt(p, xs, ys, x_query=xq, model=plain, alpha=0.15, **kw))
+
+
 def model_shape(p, shared):
     return p.shape if shared else p.shape[1:]
 

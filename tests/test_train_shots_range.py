@@ -81,6 +81,12 @@ def test_bundles_of_ranged_members_only_in_loop_mode():
         "loop", "fold", "loop")
     big = dataclasses.replace(maml, hp=HParams(meta_batch=25))
     assert auto_mode(big) == "fold"  # the dense net takes each member's parameters once: fold at every meta-batch
+    from metasweep.core.conv import ConvNet
+    from metasweep.core.tasks.synthetic import SyntheticImages
+    conv = Setup(SyntheticImages(ways=2, channels=1, size=8), registry.make_learner("maml"), HParams(meta_batch=25),
+                 ConvNet(1, 8, 3, 2, 2, "stride", "mean"), train_shots=1, queries=2)
+    assert auto_mode(conv) == "vmap"  # per-task copies of a conv net's weights above 12 tasks
+    assert auto_mode(dataclasses.replace(conv, hp=HParams(meta_batch=4))) == "fold"
     with pytest.raises(ValueError, match="bundle them with mode loop"):
         check_bundle([s, s], "vmap")
 

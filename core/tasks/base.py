@@ -39,6 +39,13 @@ class Batch(NamedTuple):
 SPLITS = {"train": 0, "val": 1, "test": 2}
 
 
+def splits_sample(family) -> bool:
+    """Whether `family.sample` is `finish(draw(...))`: the class that gives the family its `sample` also
+    gives its `draw` and `finish` (a subclass that overrides only `sample` is sampled as it says)."""
+    owner = next((c for c in type(family).__mro__ if "sample" in c.__dict__), None)
+    return owner is not None and "draw" in owner.__dict__ and "finish" in owner.__dict__
+
+
 def task_seed(family_key: str, split: str, eval_seed: int, index: int, stream: int = 0) -> int:
     """A 63-bit seed that depends only on (family config, split, eval_seed, task index, stream);
     stream 0 draws the task's data, stream 1 the evaluation's mask noise."""
