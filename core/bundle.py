@@ -164,12 +164,13 @@ def fold_gradients(members: list[Member], floats: tuple[str, ...]):
     with setup.math_mode():
         leaves = {k: v.detach().requires_grad_(learner.outer != "reptile")
                   for k, v in _stack([m.state.params for m in members]).items()}
-        if learner.outer == "reptile":
-            return _fold_reptile(s, leaves, {k: to_tasks(v, n * tasks) for k, v in leaves.items()}, batch, noise, n,
-                                 tasks)
         # where the model computes with grouped parameters, each member's once (one product per member over its
-        # tasks' points, no per-task copies: core.cells.affine); else one copy per task
-        folded = leaves if takes_groups(s.model, s.loss_fn) else {k: to_tasks(v, n * tasks) for k, v in leaves.items()}
+        # tasks' points, no per-task copies: core.cells.affine); else (and for Reptile's fast weights) one copy
+        # per task
+        grouped = learner.outer != "reptile" and takes_groups(s.model, s.loss_fn)
+        folded = leaves if grouped else {k: to_tasks(v, n * tasks) for k, v in leaves.items()}
+        if learner.outer == "reptile":
+            return _fold_reptile(s, leaves, folded, batch, noise, n, tasks)
         losses = learner.query_loss(s, folded, batch, noise, batched=True, task_params=True).view(n, tasks).mean(1)
         grads = torch.autograd.grad(losses.sum(), list(leaves.values()), allow_unused=True)
     return ({k: g if g is not None else torch.zeros_like(leaves[k]) for k, g in zip(leaves, grads)},

@@ -151,19 +151,17 @@ class DenseNet:
         last = self.n_cells - 1
         for l in range(self.n_cells):
             c = f"c{l}"
-            if l not in signals:
-                z = cell_output(h, p[f"{c}.W"], p[f"{c}.b"], p.get(f"{c}.T"))
-            else:
-                base = cell_output(h, p[f"{c}.W"], p[f"{c}.b"], None)
+            z = affine(h, p[f"{c}.W"], p[f"{c}.b"])
+            if l in signals:
                 support = inputs[l]
                 ones = torch.ones((), dtype=h.dtype, device=h.device).expand(h.shape[0], h.shape[-2], support.shape[-2])
                 kernel = torch.baddbmm(ones, h, support.transpose(-1, -2))  # h x + 1: [tasks, Nq, Ns]
                 s = scales[l]
-                z = (torch.baddbmm(base, kernel, signals[l], alpha=-s) if isinstance(s, (int, float)) else
-                     torch.addcmul(base, kernel @ signals[l], s, value=-1.0))
-                T = p.get(f"{c}.T")
-                if T is not None:
-                    z = affine(z, T)
+                z = (torch.baddbmm(z, kernel, signals[l], alpha=-s) if isinstance(s, (int, float)) else
+                     torch.addcmul(z, kernel @ signals[l], s, value=-1.0))
+            T = p.get(f"{c}.T")
+            if T is not None:
+                z = affine(z, T)
             h = F.relu(z) if l != last else z
         return h
 

@@ -57,12 +57,8 @@ class RegressionFamily(FamilyBase):
         """The uniform draws of n_tasks tasks' parameters [n_tasks, 1, k] (k per `_param_sizes`)."""
         return [torch.rand((n_tasks, 1, k), generator=g, dtype=torch.float64) for k in self._param_sizes()]
 
-    def _draw(self, g: torch.Generator, n_tasks: int):
-        """The function of n_tasks tasks drawn from g (evaluation tasks)."""
-        return self._function(self._param_draws(g, n_tasks))
-
     def eval_task(self, g: torch.Generator, max_shots: int, queries: int, split: str = "test") -> Batch:
-        return _query_then_support(g, self._draw(g, 1), self.x_range, max_shots, queries)
+        return _query_then_support(g, self._function(self._param_draws(g, 1)), self.x_range, max_shots, queries)
 
 
 @dataclass(frozen=True)
