@@ -8,7 +8,8 @@ each member's result (its final meta-validation loss; FAIL for an errored or div
 for one stopped at a rung). The study stays the one source of truth of the tune stage, one Optuna
 trial per member: like the unbundled searcher (sweeps.searcher) it lives in memory inside the
 searcher, which Ray Tune saves with the experiment's state, and is exported to
-`<experiment>/optuna.db` for optuna-dashboard after every bundle (`EXPORTERS`).
+`<experiment>/optuna.db` for optuna-dashboard after every bundle (`EXPORTERS`; written in the
+background, sweeps.study.Exports).
 
 `Rungs` is asynchronous successive halving (ASHA) as Ray Tune's ASHAScheduler applies it to whole
 trials, applied to members: at each rung (reports grace_period * eta^k), a member whose

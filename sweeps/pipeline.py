@@ -104,25 +104,28 @@ def run_tune_and_test(run: Run, stage: str) -> bool:
     return True
 
 
-def trained(run: Run, cell: Cell) -> bool:
-    """Whether any of a cell's tune trials trained (not every one errored): read from its rows, as the
-    test stage would find them (a bundle Ray gave up on has rows still `running`, not counted)."""
-    return any(r["status"] in RAN for r in read_trials(run.exp_uri).to_pylist()
+def trained(cell: Cell, trials: list[dict]) -> bool:
+    """Whether any of a cell's tune trials trained (not every one errored): from the trials table's rows
+    (`trials`), as the test stage would find them (a bundle Ray gave up on has rows still `running`,
+    not counted)."""
+    return any(r["status"] in RAN for r in trials
                if r["stage"] == "tune" and (r["variant"], r["train_shots"]) == (cell.variant, cell.shots))
 
 
-def tested(run: Run, cell: Cell, best: dict) -> bool:
+def tested(run: Run, cell: Cell, best: dict, trials: list[dict]) -> bool:
     """Whether the test stage runs a cell once its tune cell has ended: it trained, and it has a finite
-    result or the spec tests untuned cells on the defaults (sweeps.report.check_untuned)."""
-    return trained(run, cell) and (cell.name in best or run.spec.test.untuned == "fallback")
+    result or the spec tests untuned cells on the defaults (sweeps.report.check_untuned). `trials`: the
+    trials table's rows, read once by the caller (the driver reads them while slots wait)."""
+    return trained(cell, trials) and (cell.name in best or run.spec.test.untuned == "fallback")
 
 
 def test_points(run: Run, sizes: dict[Cell, int], cell_name: str) -> list[dict]:
     """A tune cell's test bundles once its tune trials have ended ([] where the test stage would not
     run it): its best configuration on every seed, as the test stage makes them."""
     cell = next(c for c in sizes if c.name == cell_name)
-    best = {k: v for k, v in best_configs(run.spec, run.exp_uri).items() if k == cell_name}
-    if not tested(run, cell, best):
+    trials = read_trials(run.exp_uri).to_pylist()
+    best = {k: v for k, v in best_configs(run.spec, run.exp_uri, trials).items() if k == cell_name}
+    if not tested(run, cell, best, trials):
         console.print(f"[bold]test[/]: {cell_name} not tested (its tune cell has no result; said at the end)")
         return []  # the sweep fails at the end, naming the cell (fail_if_all_errored, check_untuned)
     source = ("tuned", best[cell_name]["_trial_id"]) if best else ("fallback", None)
@@ -136,8 +139,9 @@ def test_points(run: Run, sizes: dict[Cell, int], cell_name: str) -> list[dict]:
 
 def test_bundles(run: Run, sizes: dict[Cell, int]) -> int:
     """How many test bundles the Tuner must have run: those of the cells tested."""
-    best = best_configs(run.spec, run.exp_uri)
-    return sum(-(-len(run.spec.test.seeds) // n) for c, n in sizes.items() if tested(run, c, best))
+    trials = read_trials(run.exp_uri).to_pylist()
+    best = best_configs(run.spec, run.exp_uri, trials)
+    return sum(-(-len(run.spec.test.seeds) // n) for c, n in sizes.items() if tested(run, c, best, trials))
 
 
 def pipelined(run: Run, todo: list[TuneCell], sizes: dict[Cell, int], name: str) -> None:
@@ -180,8 +184,9 @@ def pipelined(run: Run, todo: list[TuneCell], sizes: dict[Cell, int], name: str)
         by_stage[t.config.get("meta", {}).get("stage", "tune")].append(t)
     settle(run, "tune", by_stage["tune"], set(test_cells))
     settle(run, "test", by_stage["test"], set(test_cells))
-    failed = mark_tune_cells_done(run, todo)
-    best = best_configs(spec, run.exp_uri)
+    rows = read_trials(run.exp_uri).to_pylist()  # settled: what every check below reads
+    failed = mark_tune_cells_done(run, todo, rows)
+    best = best_configs(spec, run.exp_uri, rows)
     manifest["best"] = best
     print_best(spec, best)
     try:
@@ -189,11 +194,11 @@ def pipelined(run: Run, todo: list[TuneCell], sizes: dict[Cell, int], name: str)
     except StageFailed as e:
         failed.append(str(e))
     configs = [(c, cfg) for c, cfg in stage_test_configs(spec, best, hp_sources(spec, manifest, best))
-               if tested(run, c, best)]
+               if tested(run, c, best, rows)]
     tested_cells = sorted({c for c, _ in configs}, key=test_cells.index)
     if tested_cells:
         try:
-            fail_if_all_errored(run.exp_uri, "test", tested_cells, "test")
+            fail_if_all_errored(run.exp_uri, "test", tested_cells, "test", rows)
         except StageFailed as e:
             failed.append(str(e))
         manifest["cells"]["test"] = "done"

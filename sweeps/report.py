@@ -22,11 +22,12 @@ from .trial import TrialConfig
 out = make_console()
 
 
-def best_configs(spec: Spec, exp_uri: str) -> dict[str, dict]:
+def best_configs(spec: Spec, exp_uri: str, trials: list[dict] | None = None) -> dict[str, dict]:
     """Each cell's best tune trial by final meta-validation loss (completed trials only: ASHA-stopped
     ones did not get the full budget): {cell: {hyper-parameter: value, _val_loss, _trial_id}}. Cells
-    without a finite result are absent."""
-    rows = [r for r in read_trials(exp_uri).to_pylist() if r["stage"] == "tune" and r["status"] == "completed"
+    without a finite result are absent. `trials`: the trials table's rows if the caller has read them."""
+    trials = read_trials(exp_uri).to_pylist() if trials is None else trials
+    rows = [r for r in trials if r["stage"] == "tune" and r["status"] == "completed"
             and r["final_val_loss"] is not None and math.isfinite(r["final_val_loss"])]
     best = {}
     for cell in cells(spec):

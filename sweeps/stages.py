@@ -183,13 +183,15 @@ def run_tune_cells(run: Run, group: list[TuneCell]) -> None:
         raise StageFailed("\n".join(failed))
 
 
-def mark_tune_cells_done(run: Run, group: list[TuneCell]) -> list[str]:
+def mark_tune_cells_done(run: Run, group: list[TuneCell], rows: list[dict] | None = None) -> list[str]:
     """Each tune cell of `group` done in the manifest (with its inputs), except a cell whose every
-    trial errored: those fail the sweep, and their messages are returned."""
+    trial errored: those fail the sweep, and their messages are returned. `rows`: the trials table's
+    rows if the caller has read them since the stage's rows were settled."""
     failed = []
+    rows = read_trials(run.exp_uri).to_pylist() if rows is None else rows
     for tc in group:
         try:
-            fail_if_all_errored(run.exp_uri, "tune", [tc.cell], tc.name)
+            fail_if_all_errored(run.exp_uri, "tune", [tc.cell], tc.name, rows)
         except StageFailed as e:
             failed.append(str(e))
             continue
@@ -354,10 +356,12 @@ def settle(run: Run, stage: str, trials: list, cells: set[Cell]) -> None:
     """Every trial of the stage ends with a final row: one Ray gave up on (after max_failures restarts)
     is `errored` with its message (a row written for it if it had none); one still `running` (the
     scheduler stopped it) is `stopped_early`."""
-    have = {r["trial_id"] for r in read_raw(run.exp_uri, "trials").select(["trial_id"]).to_pylist()}
+    have = None  # the trial ids with rows, read if a trial errored
     for t in trials:
         if t.status != "ERROR":
             continue
+        if have is None:
+            have = {r["trial_id"] for r in read_raw(run.exp_uri, "trials").select(["trial_id"]).to_pylist()}
         error = tune_error(t)
         for trial_id, cfg, variant in trials_of(t, run, stage, cells):
             if trial_id in have:
@@ -392,10 +396,12 @@ def errored_row(run: Run, stage: str, trial_id: str, cfg: TrialConfig, variant: 
     write_trial(run.exp_uri, row, {}, {})
 
 
-def fail_if_all_errored(exp_uri: str, stage: str, cells: list[Cell], name: str) -> None:
-    """StageFailed with a summary of the errors when no trial of these cells of the stage ran."""
+def fail_if_all_errored(exp_uri: str, stage: str, cells: list[Cell], name: str, rows: list[dict] | None = None) -> None:
+    """StageFailed with a summary of the errors when no trial of these cells of the stage ran. `rows`:
+    the trials table's rows if the caller has read them."""
     keys = {(c.variant, c.shots) for c in cells}
-    rows = [r for r in read_trials(exp_uri).to_pylist() if r["stage"] == stage and (r["variant"], r["train_shots"]) in keys]
+    rows = read_trials(exp_uri).to_pylist() if rows is None else rows
+    rows = [r for r in rows if r["stage"] == stage and (r["variant"], r["train_shots"]) in keys]
     if rows and all(r["status"] == "errored" for r in rows):
         raise StageFailed(f"{name}: every trial errored ({len(rows)}); rows kept in {exp_uri}\n" + error_summary(rows))
 

@@ -5,7 +5,9 @@ itself lives and why)."""
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
+import threading
 from contextlib import contextmanager
 
 from metasweep.analysis.store import resolve
@@ -58,20 +60,79 @@ def make_searcher(space: dict, sampler_seed: int, label: str, max_concurrent: in
 @contextmanager
 def running_study(exp_uri: str, label: str):
     """While this driver runs the study labelled `label`: export it to the experiment's optuna.db
-    after every ended trial."""
-    EXPORTERS[label] = lambda study: export_study(study, exp_uri, label)
+    after every ended trial, in the background (`EXPORTS`: Tune's loop never waits on sqlite), every
+    export written before this returns."""
+    EXPORTERS[label] = lambda study: EXPORTS.submit(exp_uri, label, study)
     try:
         yield
     finally:
         EXPORTERS.pop(label, None)
+        EXPORTS.flush()
 
 
-def export_study(study, exp_uri: str, name: str) -> None:
-    """Write the study's finished trials as study `name` of `<experiment>/optuna.db` (sqlite),
+class Exports:
+    """Writes studies to optuna.db from one background thread, so that the driver's Tune loop (which
+    tells the study when a trial ends, then starts the next trial) never waits for sqlite: a write
+    takes 0.1-0.5 s, a slot idle for as long. `submit` takes the study's finished trials at once (what
+    the copy will hold); where several snapshots of one study wait, only the latest is written. `flush`
+    waits until every submitted snapshot is written. A write that fails is reported on stderr when
+    flushed (the study itself lives in Tune's state; the sqlite file is a copy for optuna-dashboard),
+    never raised into the sweep."""
+
+    def __init__(self):
+        self._lock = threading.Condition()
+        self._pending: dict[tuple[str, str], tuple] = {}  # (exp_uri, name) -> (directions, trials)
+        self._busy = False
+        self._thread: threading.Thread | None = None
+        self._failures: list[str] = []
+
+    def submit(self, exp_uri: str, name: str, study) -> None:
+        trials = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+        with self._lock:
+            self._pending[(exp_uri, name)] = (list(study.directions), trials)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="metasweep-optuna-export", daemon=True)
+                self._thread.start()
+            self._lock.notify_all()
+
+    def flush(self) -> None:
+        with self._lock:
+            while self._pending or self._busy:
+                self._lock.wait()
+            failures, self._failures = self._failures, []
+        for message in failures:
+            print(f"warning: {message}", file=sys.stderr)
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._pending:
+                    if not self._lock.wait(timeout=5.0) and not self._pending:
+                        self._thread = None  # idle: the next submit starts another
+                        return
+                (exp_uri, name), (directions, trials) = next(iter(self._pending.items()))
+                del self._pending[(exp_uri, name)]
+                self._busy = True
+            try:
+                export_trials(directions, trials, exp_uri, name)
+            except Exception as e:  # noqa: BLE001 - reported at flush, the sweep goes on
+                with self._lock:
+                    self._failures.append(f"{exp_uri}/{DB}: study {name} not written ({type(e).__name__}: {e})")
+            finally:
+                with self._lock:
+                    self._busy = False
+                    self._lock.notify_all()
+
+
+EXPORTS = Exports()
+
+
+def export_trials(directions, trials: list, exp_uri: str, name: str) -> None:
+    """Write `trials` (finished FrozenTrials) as study `name` of `<experiment>/optuna.db` (sqlite),
     replacing an older copy; on an object store, through a local file uploaded after."""
     if is_local(exp_uri):
         os.makedirs(exp_uri, exist_ok=True)
-        _write(study, os.path.join(exp_uri, DB), name)
+        _write(directions, trials, os.path.join(exp_uri, DB), name)
         return
     fs, root = resolve(exp_uri)
     with tempfile.TemporaryDirectory() as d:
@@ -81,22 +142,28 @@ def export_study(study, exp_uri: str, name: str) -> None:
                 out.write(f.read())
         except (FileNotFoundError, OSError):
             pass  # the first study of this experiment
-        _write(study, local, name)
+        _write(directions, trials, local, name)
         fs.create_dir(root, recursive=True)
         with open(local, "rb") as f, fs.open_output_stream(f"{root}/{DB}") as out:
             out.write(f.read())
 
 
-def _write(study, path: str, name: str) -> None:
+def _write(directions, trials: list, path: str, name: str) -> None:
     import optuna
 
     storage = optuna.storages.RDBStorage(f"sqlite:///{path}")
     try:
-        try:
-            optuna.delete_study(study_name=name, storage=storage)
-        except KeyError:
-            pass
-        copy = optuna.create_study(study_name=name, storage=storage, directions=study.directions)
-        copy.add_trials([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()])
+        _copy(directions, trials, storage, name)
     finally:
         storage.engine.dispose()
+
+
+def _copy(directions, trials: list, storage, name: str) -> None:
+    import optuna
+
+    try:
+        optuna.delete_study(study_name=name, storage=storage)
+    except KeyError:
+        pass
+    copy = optuna.create_study(study_name=name, storage=storage, directions=directions)
+    copy.add_trials(trials)
