@@ -206,26 +206,28 @@ def adapt(params: Params, x_support: torch.Tensor, y_support: torch.Tensor, *, m
             out[n] = m.reshape(m.shape + (1,) * trailing) if variant.mask == "row" else m
         return out
 
-    def step_sizes(step: int) -> dict:
-        """alpha (or Meta-SGD's alpha tensor) times the mask, eq. (8): W~ = W - alpha M * grad."""
-        masks = masks_for(step)
-        lrs = {}
-        for n in names:
-            lr = per_task(params[f"alpha.{n}"]) if variant.learned_alpha else task_factor(alpha, fast[n])
-            lrs[n] = masks[n] * lr if n in masks else lr
-        return lrs
+    # alpha (or Meta-SGD's alpha tensor) per adapted parameter, as a factor of it
+    rates = {n: per_task(params[f"alpha.{n}"]) if variant.learned_alpha else task_factor(alpha, fast[n]) for n in names}
 
-    row_sizes = step_sizes(0) if variant.mask != "full" else None  # row masks: once per task
+    def step_sizes(masks: dict) -> dict:
+        """alpha times the mask, eq. (8): W~ = W - alpha M * grad."""
+        return {n: masks[n] * rates[n] if n in masks else rates[n] for n in names}
+
+    row_masks = masks_for(0) if variant.mask != "full" else None  # row masks: once per task
+    row_sizes = None
     factored = (x_query is not None and not all_steps and closed_form is not None and steps > 0
                 and not variant.learned_alpha and variant.mask != "full"
                 and getattr(type(model), "forward_updated", None) is not None
                 and getattr(type(model), "backprop", None) is not None)
     trajectory = [fast]
     for step in range(steps):
-        lrs = row_sizes if row_sizes is not None else step_sizes(step)
         if factored and step == steps - 1:
-            return _updated_outputs(model, {**params, **fast}, x_support, y_support, x_query, loss_fn, names, lrs,
-                                    outer and not first_order)
+            return _updated_outputs(model, {**params, **fast}, x_support, y_support, x_query, loss_fn, names, row_masks,
+                                    rates, outer and not first_order)
+        if row_masks is None:
+            lrs = step_sizes(masks_for(step))
+        else:
+            row_sizes = lrs = row_sizes if row_sizes is not None else step_sizes(row_masks)
         g = inner_grad(fast)
         new = {}
         for n in names:
@@ -244,15 +246,23 @@ def adapt(params: Params, x_support: torch.Tensor, y_support: torch.Tensor, *, m
     return {**params, **fast}
 
 
-def _updated_outputs(model, params: Params, x_support, y_support, x_query, loss_fn, names: list[str], lrs: dict,
-                     differentiable: bool) -> torch.Tensor:
-    """adapt's last step, never formed: the model's outputs for x_query after one step of size `lrs` (W's
-    and b's of a cell are equal: alpha, times a row mask [(tasks,) out, 1]) from `params`."""
+def _updated_outputs(model, params: Params, x_support, y_support, x_query, loss_fn, names: list[str], masks: dict,
+                     rates: dict, differentiable: bool) -> torch.Tensor:
+    """adapt's last step, never formed: the model's outputs for x_query after one step from `params` of
+    size alpha (`rates`: a number, or a tensor [tasks, 1, 1] / 0-dim) times a row mask (`masks`: [(tasks,)
+    out, 1], W's and b's of a cell alike; absent where unmasked)."""
     cells = sorted({int(n.split(".")[0][1:]) for n in names})
     with torch.set_grad_enabled(differentiable):
         inputs, signals = model.backprop(params, x_support, y_support, PER_TASK_GRAD[loss_fn], cells[0])
-    scales = {}
+    numbers, factors = {}, {}
     for l in cells:
-        lr = lrs[f"c{l}.W"]  # a number, or [(tasks,) out or 1, 1]: as a factor of [tasks, Nq, out]
-        scales[l] = lr if isinstance(lr, (int, float)) or lr.dim() < 2 else lr.transpose(-1, -2)
-    return model.forward_updated(params, x_query, inputs, {l: signals[l] for l in cells}, scales)
+        rate, mask = rates[f"c{l}.W"], masks.get(f"c{l}.W")
+        mask = None if mask is None else mask.transpose(-1, -2)  # a factor of [tasks, Nq, out]
+        if isinstance(rate, (int, float)):
+            numbers[l] = rate  # folded into the kernel's product, no op of its own
+            if mask is not None:
+                factors[l] = mask
+        else:
+            numbers[l] = 1.0
+            factors[l] = rate if mask is None else mask * rate
+    return model.forward_updated(params, x_query, inputs, {l: signals[l] for l in cells}, numbers, factors)

@@ -136,29 +136,35 @@ class DenseNet:
         return inputs, signals
 
     def forward_updated(self, p: Params, x: torch.Tensor, inputs: list[torch.Tensor],
-                        signals: dict[int, torch.Tensor], scales: dict[int, object]) -> torch.Tensor:
+                        signals: dict[int, torch.Tensor], rates: dict[int, float],
+                        factors: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
         """Outputs for x [tasks, Nq, in] of the net one gradient step on: cell l's W_l - s_l (d_l^T h_l)
-        and b_l - s_l sum(d_l) for the factors of `backprop` (h_l [tasks, Ns, in], d_l [tasks, Ns, out])
-        and a step size s_l per cell (a number, or a tensor broadcasting to [tasks, 1, out]: per-task
-        alpha times a row mask, MT-net eq. 8), without forming the per-task weights:
+        and b_l - s_l sum(d_l) for the factors of `backprop` (h_l [tasks, Ns, in], d_l [tasks, Ns, out]),
+        a step size s_l = r_l f_l per cell: a number r_l (`rates`) times an optional tensor f_l
+        (`factors`) broadcasting to [tasks, 1, out] (a row mask, MT-net eq. 8; per-task alpha), without
+        forming the per-task weights:
 
-            (W_l - s_l d_l^T h_l) x + b_l - s_l d_l^T 1 = (W_l x + b_l) - s_l d_l^T (h_l x + 1),
+            (W_l - s_l d_l^T h_l) x + b_l - s_l d_l^T 1 = (W_l x + b_l) - f_l * (r_l (h_l x + 1)) d_l,
 
         a [Nq, Ns] kernel per task instead of an [out, in] matrix (fewer products: Ns < in, and W_l x
-        is one product over all tasks' points when W_l is shared). Cells without a signal keep W, b.
-        The same values as `forward` on the updated parameters, to float rounding (tests/test_core_math.py)."""
+        is one product over all tasks' points when W_l is shared); r_l scales the kernel's product
+        (no op of its own). Cells without a signal keep W, b. The same values as `forward` on the
+        updated parameters, to float rounding (tests/test_core_math.py)."""
+        factors = factors or {}
         h = x
         last = self.n_cells - 1
         for l in range(self.n_cells):
             c = f"c{l}"
             z = affine(h, p[f"{c}.W"], p[f"{c}.b"])
             if l in signals:
-                support = inputs[l]
+                support, r, f = inputs[l], rates[l], factors.get(l)
                 ones = torch.ones((), dtype=h.dtype, device=h.device).expand(h.shape[0], h.shape[-2], support.shape[-2])
-                kernel = torch.baddbmm(ones, h, support.transpose(-1, -2))  # h x + 1: [tasks, Nq, Ns]
-                s = scales[l]
-                z = (torch.baddbmm(z, kernel, signals[l], alpha=-s) if isinstance(s, (int, float)) else
-                     torch.addcmul(z, kernel @ signals[l], s, value=-1.0))
+                if f is None:
+                    kernel = torch.baddbmm(ones, h, support.transpose(-1, -2))  # h x + 1: [tasks, Nq, Ns]
+                    z = torch.baddbmm(z, kernel, signals[l], alpha=-r)
+                else:
+                    kernel = torch.baddbmm(ones, h, support.transpose(-1, -2), beta=r, alpha=r)  # r (h x + 1)
+                    z = torch.addcmul(z, kernel @ signals[l], f, value=-1.0)
             T = p.get(f"{c}.T")
             if T is not None:
                 z = affine(z, T)

@@ -81,7 +81,11 @@ class GradientLearner(LearnerBase):
 
     def noise(self, setup, params: Params, generator: torch.Generator, n_tasks: int, steps: int) -> dict:
         noise = mask_noise(params, setup.model, self.variant, generator, n_tasks, max(steps, 1), self.frozen)
-        return {k: t.to(device=setup.device, dtype=setup.dtype) for k, t in noise.items()}
+        if not noise:
+            return noise
+        device = torch.device(setup.device)
+        return {k: t if t.dtype == setup.dtype and t.device == device else t.to(device=device, dtype=setup.dtype)
+                for k, t in noise.items()}
 
     fold = True  # batched outputs accept per-task parameters (core.bundle's fold mode)
 
