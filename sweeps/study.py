@@ -115,7 +115,7 @@ class Exports:
                 self._busy = True
             try:
                 export_trials(directions, trials, exp_uri, name)
-            except Exception as e:  # noqa: BLE001 - reported at flush, the sweep goes on
+            except BaseException as e:  # noqa: BLE001 - reported at flush, the sweep goes on (and flush never waits on a dead thread)
                 with self._lock:
                     self._failures.append(f"{exp_uri}/{DB}: study {name} not written ({type(e).__name__}: {e})")
             finally:

@@ -34,6 +34,8 @@ def test_the_loop_does_not_wait_for_a_locked_database_and_the_stage_end_waits_fo
         blocker.execute("BEGIN EXCLUSIVE")  # as a reader holding the file would: the next write waits
         # a synchronous export would wait here for sqlite (and fail after its timeout); this returns
         EXPORTERS["e.c"](study_with(3))
+        (count,) = blocker.execute("SELECT COUNT(*) FROM trials").fetchone()
+        assert count == 1  # not written yet: the write waits in the background for the lock
         blocker.rollback()
         blocker.close()
     assert exported(exp, "e.c") == [0.0, 1.0, 2.0]  # written before running_study returned

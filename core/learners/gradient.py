@@ -84,7 +84,10 @@ class GradientLearner(LearnerBase):
         if not noise:
             return noise
         device = torch.device(setup.device)
-        return {k: t if t.dtype == setup.dtype and t.device == device else t.to(device=device, dtype=setup.dtype)
+
+        def placed(t: torch.Tensor) -> bool:  # "cuda" is any index's device
+            return t.device.type == device.type and device.index in (None, t.device.index)
+        return {k: t if t.dtype == setup.dtype and placed(t) else t.to(device=device, dtype=setup.dtype)
                 for k, t in noise.items()}
 
     fold = True  # batched outputs accept per-task parameters (core.bundle's fold mode)
