@@ -107,7 +107,14 @@ def run_tune_stage(run: Run, cells: list[Cell]) -> None:
     the next, bundles of the next cell starting as slots free up - each cell with its own study, bundle
     size and rungs; a cell whose trials run alone (Tune's own scheduler per cell), or whose Tuner an
     earlier driver saved, runs in a Tuner of its own."""
-    todo = [tc for tc in (prepare_tune_cell(run, cell) for cell in cells) if tc is not None]
+    todo = []
+    for cell in cells:
+        tc = prepare_tune_cell(run, cell)
+        if tc is None:
+            console.print(f"tune-{cell.name}: done before with the same inputs; its rows are kept, nothing to run",
+                          markup=False)
+        else:
+            todo.append(tc)
     together = [tc for tc in todo if tc.bundled and not tuners.can_restore(run.exp_uri, tc.name)]
     if len(together) < 2:
         together = []
@@ -277,6 +284,8 @@ def run_fixed_stage(run: Run, stage: str, configs: list[tuple[Cell, TrialConfig]
     done = remembered.get(stage, {}) if run.manifest["cells"].get(stage) == "done" else {}
     todo = [cell for cell in by_cell if done.get(cell.name) != inputs[cell.name]]
     if not todo:
+        console.print(f"{stage}: every cell done before with the same inputs; their rows are kept, nothing to run",
+                      markup=False)
         return
     changed = [cell.name for cell in todo if cell.name in done]
     if changed:

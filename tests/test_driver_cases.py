@@ -302,6 +302,13 @@ def test_a_stage_run_with_other_inputs_runs_again_and_says_so(ray_local, tmp_pat
     assert not {t["trial_id"] for t in first} & {t["trial_id"] for t in trials}  # the old rows are set aside
     evals = read_dataset(exp)["eval_tasks"].to_pylist()
     assert len([e for e in evals if e["split"] == "test"]) == 2 * 10  # the new test trials', once
+    # the same sweep once more: nothing runs (no row written), and it says so
+    written = read_raw(exp, "trials").num_rows
+    sweep_of(tmp_path, SINE.format(name="inputs"))
+    err = capsys.readouterr().err
+    assert "tune-maml-k5: done before with the same inputs; its rows are kept, nothing to run" in err
+    assert "test: every cell done before with the same inputs; their rows are kept, nothing to run" in err
+    assert read_raw(exp, "trials").num_rows == written and read_trials(exp).to_pylist() == trials
     # same kind, a tune stage: its remembered inputs differ from what the spec now gives -> refused
     manifest = json.loads((Path(exp) / "manifest.json").read_text())
     manifest["inputs"]["tune-maml-k5"] = "0" * 16
