@@ -227,7 +227,9 @@ def adapt(params: Params, x_support: torch.Tensor, y_support: torch.Tensor, *, m
         if row_masks is None:
             lrs = step_sizes(masks_for(step))
         else:
-            row_sizes = lrs = row_sizes if row_sizes is not None else step_sizes(row_masks)
+            if row_sizes is None:
+                row_sizes = step_sizes(row_masks)
+            lrs = row_sizes
         g = inner_grad(fast)
         new = {}
         for n in names:

@@ -153,17 +153,11 @@ def _write(directions, trials: list, path: str, name: str) -> None:
 
     storage = optuna.storages.RDBStorage(f"sqlite:///{path}")
     try:
-        _copy(directions, trials, storage, name)
+        try:
+            optuna.delete_study(study_name=name, storage=storage)
+        except KeyError:
+            pass
+        copy = optuna.create_study(study_name=name, storage=storage, directions=directions)
+        copy.add_trials(trials)
     finally:
         storage.engine.dispose()
-
-
-def _copy(directions, trials: list, storage, name: str) -> None:
-    import optuna
-
-    try:
-        optuna.delete_study(study_name=name, storage=storage)
-    except KeyError:
-        pass
-    copy = optuna.create_study(study_name=name, storage=storage, directions=directions)
-    copy.add_trials(trials)
