@@ -71,19 +71,30 @@ def check_cells(run: RunSpec, configs: list[tuple[Cell, TrialConfig]]) -> None:
         if key in seen:
             continue
         seen.add(key)
-        where = f"{cell.variant}, train shots {cell.shots}"
+        where, index = f"{cell.variant}, train shots {cell.shots}", names.index(cell.variant)
         try:
             setup = build_setup(cfg)
         except ValueError as e:
-            raise ConfigError(("variants", names.index(cell.variant)), f"{where}: {e}") from None
+            raise ConfigError(_ways_field(e, index) or ("variants", index), f"{where}: {e}") from None
         try:
             check_sizes(setup, eval_shots=(), val=cfg.val_tasks > 0)
         except ValueError as e:
-            raise ConfigError(_training_field(setup, cfg, names.index(cell.variant)), f"{where}: {e}") from None
+            raise ConfigError(_ways_field(e, index) or _training_field(setup, cfg, index), f"{where}: {e}") from None
         try:
             check_sizes(setup, eval_split=cfg.eval_split, eval_shots=cfg.eval_shots, val=False)
         except ValueError as e:
-            raise ConfigError(("eval", "shots"), f"{where}: {e}") from None
+            raise ConfigError(_ways_field(e, index) or ("eval", "shots"), f"{where}: {e}") from None
+
+
+def _ways_field(error: ValueError, index: int) -> tuple | None:
+    """The field to change when a split has fewer classes than an episode's ways (the family's DataError
+    says so in its `option`): the task's ways, or the variant's train_ways switch; None otherwise."""
+    option = getattr(error, "option", None)
+    if option == "ways":
+        return ("task", "options", "ways")
+    if option == "train_ways":
+        return ("variants", index, "switches", "train_ways")
+    return None
 
 
 def _training_field(setup, cfg: TrialConfig, index: int) -> tuple:

@@ -136,6 +136,16 @@ def test_data_folders_and_sizes_are_checked_before_the_first_trial(tmp_path, omn
     line = one_line_exit_2(cli("sweep", "s.yaml", cwd=tmp_path))
     assert line.startswith("error: spec s.yaml, field eval.shots: maml, train shots 1: omniglot test split: a class "
                            "has 20 images, fewer than shots + queries = 10 + 15 = 25 per class"), line
+    # more ways than a split has classes: the field is the ways (the task's, or a learner's train_ways switch)
+    (tmp_path / "s.yaml").write_text(IMAGES.format(queries=1, root=omniglot_root, shots=[1]).replace("ways: 5", "ways: 45"))
+    line = one_line_exit_2(cli("sweep", "s.yaml", cwd=tmp_path))
+    assert line.startswith("error: spec s.yaml, field task.options.ways: maml, train shots 1: omniglot val split has "
+                           "40 classes, fewer than ways=45"), line
+    (tmp_path / "s.yaml").write_text(IMAGES.format(queries=1, root=omniglot_root, shots=[1]).replace(
+        "variants: [maml]", "variants: [maml, {name: p, preset: protonet, switches: {train_ways: 201}}]"))
+    line = one_line_exit_2(cli("sweep", "s.yaml", cwd=tmp_path))
+    assert line.startswith("error: spec s.yaml, field variants[1].switches.train_ways: p, train shots 1: learner "
+                           "'protonet': training episodes of train_ways=201"), line
     assert not (tmp_path / "res" / "img" / "trials").exists()
 
 
@@ -150,8 +160,11 @@ def test_train_checks_sizes_before_training(tmp_path, omniglot_root):
     assert line.startswith("error: --eval-shots: maml, train shots 1: omniglot test split: a class has 20 images, "
                            "fewer than shots + queries = 10 + 15 = 25"), line
     line = one_line_exit_2(cli(*common, "--queries", "1", "--variant", "protonet", "--switch", "train_ways=300"))
-    assert line.startswith("error: --variant: protonet, train shots 1: learner 'protonet': training episodes of "
+    assert line.startswith("error: --switch: protonet, train shots 1: learner 'protonet': training episodes of "
                            "train_ways=300"), line
+    line = one_line_exit_2(cli(*common, "--queries", "1", "--ways", "250"))
+    assert line.startswith("error: --ways: maml, train shots 1: omniglot train split has 200 classes, fewer than "
+                           "ways=250"), line
     assert not (tmp_path / "x").exists()
 
 

@@ -116,9 +116,11 @@ class PrototypicalNetwork(MetricLearner):
 
             self.training_family(setup).check_episode("train", max_train_shots(setup), self.training_queries(setup))
         except ValueError as e:
-            raise ValueError(f"learner {self.name!r}: training episodes of train_ways={self.training_ways(setup)}, "
-                             f"train shots {setup.train_shots}, train_queries={self.training_queries(setup)} do not "
-                             f"fit: {e}") from None
+            from ..tasks.images import DataError
+
+            raise DataError(f"learner {self.name!r}: training episodes of train_ways={self.training_ways(setup)}, "
+                            f"train shots {setup.train_shots}, train_queries={self.training_queries(setup)} do not "
+                            f"fit: {e}", option="train_ways" if getattr(e, "option", None) == "ways" else None) from None
 
     def train_batch(self, setup, generator: torch.Generator):
         from ..setup import draw_train_shots

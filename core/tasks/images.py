@@ -43,7 +43,14 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
 
 class DataError(ValueError):
-    """A dataset that cannot be read as the expected layout; the message names the path."""
+    """A dataset that cannot be read as the expected layout, or episodes it cannot give; the message
+    names the path or the split. `option`: what to change where the sizes are to blame - "ways" (the
+    family's classes per task), "train_ways" (a learner's own training ways), "shots" (the shots or
+    the queries) - else None; sweeps.preflight names the spec's field after it."""
+
+    def __init__(self, message: str, option: str | None = None):
+        super().__init__(message)
+        self.option = option
 
 
 def default_cache_dir() -> Path:
@@ -302,10 +309,11 @@ class ImageFamily(FamilyBase):
         n_classes, fewest = len(data.class_names), int(data.counts.min())
         if n_classes < self.ways:
             raise DataError(f"{self.name} {split} split has {n_classes} classes, fewer than ways={self.ways} "
-                            "(lower ways, or give the split more classes)")
+                            "(lower ways, or give the split more classes)", option="ways")
         if fewest < shots + queries:
             raise DataError(f"{self.name} {split} split: a class has {fewest} images, fewer than shots + queries "
-                            f"= {shots} + {queries} = {shots + queries} per class (lower the shots or the queries)")
+                            f"= {shots} + {queries} = {shots + queries} per class (lower the shots or the queries)",
+                            option="shots")
 
 
 @dataclass(frozen=True)
