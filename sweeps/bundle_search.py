@@ -239,6 +239,9 @@ def rung_actor(name: str, grace_period: int, eta: float, max_reports: int):
     """The named Ray actor holding a cell's rungs (created once per driver; bundles find it by name)."""
     import ray
 
+    from .session import need_ray
+
+    need_ray()
     handle = ray.remote(num_cpus=0)(Rungs).options(name=name, get_if_exists=True).remote(grace_period, eta,
                                                                                          max_reports)
     _ACTORS[name] = handle

@@ -57,18 +57,33 @@ def init_ray(address: str | None) -> bool:
     return True
 
 
+_SESSION: dict = {}  # the open ray_session's {"address", "started"}; empty outside one
+
+
 @contextmanager
 def ray_session(address: str | None):
-    """Ray for the duration of a sweep, our Ctrl+C handler installed; stopped after if we started it."""
+    """Ray for the duration of a sweep, our Ctrl+C handler installed; stopped after if we started it.
+    Ray starts (or the cluster is joined) only when the sweep first needs it (`need_ray`): a sweep
+    whose every stage is done before with the same inputs prints its tables without starting Ray."""
     import ray
 
     install_interrupt_handler()
-    started = init_ray(address)
+    _SESSION.update(address=address, started=False)
     try:
         yield
     finally:
+        started = _SESSION.get("started")
+        _SESSION.clear()
         if started:
             ray.shutdown()
+
+
+def need_ray() -> None:
+    """Start the open ray_session's Ray (embedded, or the cluster at its address) unless Ray is up:
+    called before anything that talks to Ray (a Tuner's trainable, the cluster's resources, an actor).
+    Outside a ray_session it leaves Ray as it is (a test's own, or Tune's own start)."""
+    if _SESSION and not _SESSION["started"]:
+        _SESSION["started"] = init_ray(_SESSION["address"])
 
 
 _INTERRUPTED = threading.Event()

@@ -73,6 +73,9 @@ class Run:
         over what one takes, at most the spec's `max_concurrent` - what an "auto" bundle size fills."""
         import ray
 
+        from .session import need_ray
+
+        need_ray()
         res = ray.cluster_resources()
         return slots_for(self.spec, res.get("CPU", 1.0), res.get("GPU", 0.0))
 

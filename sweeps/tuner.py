@@ -54,7 +54,10 @@ def trainable(spec: Spec, exp_uri: str, bundled: bool = False):
     from ray import tune
 
     from .bundle_trainable import metasweep_bundle_trainable
+    from .session import need_ray
     from .trainable import metasweep_trainable
+
+    need_ray()  # with_parameters puts the results' place in Ray's object store
 
     fn = tune.with_parameters(metasweep_bundle_trainable if bundled else metasweep_trainable, results_uri=exp_uri)
     return tune.with_resources(fn, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})

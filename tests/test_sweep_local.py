@@ -53,6 +53,13 @@ def test_quickstart_shaped_sweep_writes_every_row_and_prints_a_ranking(tmp_path)
     assert st.returncode == 0 and "stages done: test, tune-maml-k10, tune-mt-net-k10, tune-t-net-k10" in st.stdout
     span = (max(t["ended_at"] for t in trials.to_pylist()) - min(t["started_at"] for t in trials.to_pylist()))
     assert f"({span.total_seconds():.0f} s); drivers' time on record: " in " ".join(st.stdout.split())
+    # the same sweep again: every stage done before with the same inputs - its tables, no row, and no Ray
+    again = metasweep("sweep", str(SPECS / "tiny.yaml"), "--storage", str(tmp_path / "res"), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "test: every cell done before with the same inputs" in again.stderr and "Ray instance" not in again.stderr
+    assert "tune-mt-net-k10: done before with the same inputs" in again.stderr
+    assert again.stdout.split("ranking: loss")[1] == r.stdout.split("ranking: loss")[1]
+    assert read_dataset(str(exp))["trials"].equals(trials)
     # the report: provenance, a ranking per evaluated inner-step count, per-seed values from the rows
     rep = metasweep("report", str(exp), "-o", str(tmp_path / "rep" / "report.md"), "--command", "metasweep sweep tiny",
                     cwd=tmp_path)
