@@ -60,6 +60,23 @@ def init_ray(address: str | None) -> bool:
 _SESSION: dict = {}  # the open ray_session's {"address", "started"}; empty outside one
 
 
+class StagingRace(logging.Filter):
+    """Drops Tune's "Saving experiment state to storage ... failed" error (a traceback) when all that
+    failed is copying a temporary file of Tune's own that was gone by then. Tune (2.5x) writes its
+    searcher's and callbacks' state next to a temporary file and renames it into its staging folder
+    (`_atomic_save`) while the previous background upload of that folder may still be listing and
+    copying it: the upload fails on the renamed file, and the next upload copies the whole folder (Tune
+    starts one right after a forced save, and awaits a final one when the Tuner ends). Seen on a local
+    sweep's stderr as a 20-line traceback from pyarrow; any other failure is kept."""
+
+    LOGGER = "ray.tune.execution.experiment_state"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(error, FileNotFoundError) and "-tmp-" in str(error)
+                    and record.getMessage().startswith("Saving experiment state to storage"))
+
+
 @contextmanager
 def ray_session(address: str | None):
     """Ray for the duration of a sweep, our Ctrl+C handler installed; stopped after if we started it.
@@ -68,10 +85,13 @@ def ray_session(address: str | None):
     import ray
 
     install_interrupt_handler()
+    race = StagingRace()
+    logging.getLogger(StagingRace.LOGGER).addFilter(race)
     _SESSION.update(address=address, started=False)
     try:
         yield
     finally:
+        logging.getLogger(StagingRace.LOGGER).removeFilter(race)
         started = _SESSION.get("started")
         _SESSION.clear()
         if started:
