@@ -201,11 +201,15 @@ class CellsSearch(Searcher):
         if cell is None:
             return
         search = self.searches[cell]
-        search.on_trial_complete(trial_id, result, error)
-        if self.then is not None and cell not in self.fed and search.asked >= search.total and not search.pending:
-            points = NEXT_STAGE[self.then](cell)  # first: should it raise, the cell is not marked fed
-            self.fed = self.fed | {cell}
-            self.queued = [*self.queued, *points]
+        # Tune logs and swallows a searcher's exception: should the cell's study or the driver's feeder
+        # raise, the cell is still marked fed (first), so the search never waits for its test bundles
+        # for ever (the driver's feeder says which cells it could not feed: sweeps.pipeline.feeder)
+        try:
+            search.on_trial_complete(trial_id, result, error)
+        finally:
+            if self.then is not None and cell not in self.fed and search.asked >= search.total and not search.pending:
+                self.fed = self.fed | {cell}
+                self.queued = [*self.queued, *NEXT_STAGE[self.then](cell)]
 
 
 class Rungs:

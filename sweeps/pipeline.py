@@ -23,7 +23,6 @@ continued one stage at a time (`sweep --stage tune` or `test`: exit 2).
 from __future__ import annotations
 
 import contextlib
-import functools
 
 from metasweep.analysis.store import read_trials
 
@@ -137,11 +136,29 @@ def test_points(run: Run, sizes: dict[Cell, int], cell_name: str) -> list[dict]:
     return points
 
 
-def test_bundles(run: Run, sizes: dict[Cell, int]) -> int:
-    """How many test bundles the Tuner must have run: those of the cells tested."""
+def test_bundles(run: Run, sizes: dict[Cell, int], unqueued=()) -> int:
+    """How many test bundles the Tuner must have run: those of the cells tested (not `unqueued`: cells
+    whose test bundles could not be made)."""
     trials = read_trials(run.exp_uri).to_pylist()
     best = best_configs(run.spec, run.exp_uri, trials)
-    return sum(-(-len(run.spec.test.seeds) // n) for c, n in sizes.items() if tested(run, c, best, trials))
+    return sum(-(-len(run.spec.test.seeds) // n) for c, n in sizes.items()
+               if c.name not in unqueued and tested(run, c, best, trials))
+
+
+def feeder(run: Run, sizes: dict[Cell, int], unqueued: dict[str, str]):
+    """`test_points` as the searcher calls it, inside Ray Tune's loop: an exception there would be
+    logged by Tune and swallowed, and the searcher would wait for that cell's test bundles for ever.
+    Here it is said at once and kept in `unqueued` ({cell: error}); the cell is not tested, and the
+    sweep fails at the end naming it (a resume tests it)."""
+    def feed(cell_name: str) -> list[dict]:
+        try:
+            return test_points(run, sizes, cell_name)
+        except Exception as e:  # noqa: BLE001 - any error: never a hung sweep
+            unqueued[cell_name] = f"{type(e).__name__}: {e}"
+            console.print(f"test: {cell_name} not tested: its test bundles could not be made ({unqueued[cell_name]}); "
+                          "said at the end", markup=False)
+            return []
+    return feed
 
 
 def pipelined(run: Run, todo: list[TuneCell], sizes: dict[Cell, int], name: str) -> None:
@@ -156,7 +173,8 @@ def pipelined(run: Run, todo: list[TuneCell], sizes: dict[Cell, int], name: str)
     console.print(f"[bold]test[/]: {plural(len(spec.test.seeds) * len(test_cells), 'trial')} in "
                   f"{plural(n_test, 'bundle')}, each cell's as soon as its tune cell has ended; tune and test in "
                   f"one Tuner (Ray Tune's state: ray/{name})")
-    NEXT_STAGE[label] = functools.partial(test_points, run, sizes)
+    unqueued: dict[str, str] = {}  # cells whose test bundles could not be made, and why
+    NEXT_STAGE[label] = feeder(run, sizes, unqueued)
 
     def make():
         quarantine_rows(run.exp_uri, "test", test_cells)
@@ -176,7 +194,7 @@ def pipelined(run: Run, todo: list[TuneCell], sizes: dict[Cell, int], name: str)
                 stack.enter_context(tuners.located(run.exp_uri, tc.label))
             stack.enter_context(tuners.located(run.exp_uri, label))
             tuner = tuner_for(run, name, make, "tune", test_cells, bundled=True)
-            trials = fit(tuner, lambda: sum(tc.n_trials for tc in todo) + test_bundles(run, sizes), name)
+            trials = fit(tuner, lambda: sum(tc.n_trials for tc in todo) + test_bundles(run, sizes, unqueued), name)
     finally:
         NEXT_STAGE.pop(label, None)
     by_stage = {"tune": [], "test": []}
@@ -194,7 +212,9 @@ def pipelined(run: Run, todo: list[TuneCell], sizes: dict[Cell, int], name: str)
     except StageFailed as e:
         failed.append(str(e))
     configs = [(c, cfg) for c, cfg in stage_test_configs(spec, best, hp_sources(spec, manifest, best))
-               if tested(run, c, best, rows)]
+               if c.name not in unqueued and tested(run, c, best, rows)]
+    failed += [f"test-{c}: not tested, its test bundles could not be made ({e}); its tune rows are kept and "
+               f"`metasweep resume {run.exp_uri}` tests it" for c, e in unqueued.items()]
     tested_cells = sorted({c for c, _ in configs}, key=test_cells.index)
     if tested_cells:
         try:

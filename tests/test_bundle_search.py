@@ -214,3 +214,33 @@ def test_one_trial_per_process_runs_the_grid_and_lists_beside_ranges_are_categor
     study.optimize(lambda t: (DefineByRun(distributions(mixed))(t), 0.0)[1], n_trials=6)
     assert {t.params["alpha"] for t in study.trials} <= {0.01, 0.1}
     assert all(1e-4 <= t.params["beta"] <= 1e-2 for t in study.trials)
+
+
+@pytest.mark.parametrize("fails", ["tell", "feeder"])
+def test_cells_search_never_waits_for_ever_when_a_cells_tell_or_its_feeder_raises(tmp_path, monkeypatch, fails):
+    """Ray Tune logs and swallows an exception from a searcher's on_trial_complete: the cell must still
+    count as fed, or the search would answer None (wait) for ever. A tell that fails still queues the
+    cell's test bundles; a feeder that fails queues none (the driver's feeder says why)."""
+    from metasweep.sweeps.bundle_search import NEXT_STAGE
+
+    def next_stage(cell):
+        if fails == "feeder":
+            raise OSError("no trials table")
+        return [{"stage": "test", "cell": cell}]
+
+    NEXT_STAGE["e.stages"] = next_stage
+    try:
+        a = BundleSearch({"alpha": (1e-3, 1.0, True)}, 2, 2, study_name="e.a", sampler_seed=0, stage="tune", cell="a")
+        if fails == "tell":
+            monkeypatch.setattr(a.study, "tell", lambda *args, **kw: (_ for _ in ()).throw(RuntimeError("locked")))
+        s = CellsSearch({"a": a}, {"a": {"meta": {"cell": "a"}}}, "e.tune", then="e.stages")
+        t1 = s.suggest("t1")
+        assert s.suggest("t2") is None  # a's tune bundle runs
+        with pytest.raises(RuntimeError if fails == "tell" else OSError):
+            s.on_trial_complete("t1", {"members": {member_id("tune", "a", n): {"status": "completed", "val_loss": 1.0}
+                                                   for n in t1["numbers"]}})
+        if fails == "tell":
+            assert s.suggest("t2") == {"stage": "test", "cell": "a"}
+        assert s.suggest("t3") == CellsSearch.FINISHED
+    finally:
+        NEXT_STAGE.pop("e.stages")
