@@ -32,7 +32,7 @@ from .console import make_console
 from .errors import UserError
 from .experiment import write_manifest
 from .plan import Cell, cells, inputs_hash, one_tuner, stage_test_configs
-from .progress import BY_STAGE
+from .progress import BY_STAGE, flush_after, say_after_trial
 from .report import best_configs, check_untuned, hp_sources, print_best, print_sources
 from .searcher import RelocatableSearch
 from .session import fit
@@ -125,14 +125,14 @@ def test_points(run: Run, sizes: dict[Cell, int], cell_name: str) -> list[dict]:
     trials = read_trials(run.exp_uri).to_pylist()
     best = {k: v for k, v in best_configs(run.spec, run.exp_uri, trials).items() if k == cell_name}
     if not tested(run, cell, best, trials):
-        console.print(f"[bold]test[/]: {cell_name} not tested (its tune cell has no result; said at the end)")
+        say_after_trial(f"test: {cell_name} not tested (its tune cell has no result; said at the end)")
         return []  # the sweep fails at the end, naming the cell (fail_if_all_errored, check_untuned)
     source = ("tuned", best[cell_name]["_trial_id"]) if best else ("fallback", None)
     cfgs = [cfg for c, cfg in stage_test_configs(run.spec, best, {cell_name: source}) if c == cell]
     points = bundle_points(run, "test", cell, cfgs, sizes[cell])
-    console.print(f"[bold]test[/]: {cell_name}'s {plural(len(cfgs), 'trial')} queued in "
-                  f"{plural(len(points), 'bundle')}, its tune cell having ended (configuration: "
-                  + (f"{source[1]}, val_loss {best[cell_name]['_val_loss']:.4f})" if best else "the defaults)"))
+    say_after_trial(f"test: {cell_name}'s {plural(len(cfgs), 'trial')} queued in "
+                    f"{plural(len(points), 'bundle')}, its tune cell having ended (configuration: "
+                    + (f"{source[1]}, val_loss {best[cell_name]['_val_loss']:.4f})" if best else "the defaults)"))
     return points
 
 
@@ -148,15 +148,15 @@ def test_bundles(run: Run, sizes: dict[Cell, int], unqueued=()) -> int:
 def feeder(run: Run, sizes: dict[Cell, int], unqueued: dict[str, str]):
     """`test_points` as the searcher calls it, inside Ray Tune's loop: an exception there would be
     logged by Tune and swallowed, and the searcher would wait for that cell's test bundles for ever.
-    Here it is said at once and kept in `unqueued` ({cell: error}); the cell is not tested, and the
-    sweep fails at the end naming it (a resume tests it)."""
+    Here it is said (after the ended trial's lines) and kept in `unqueued` ({cell: error}); the cell is
+    not tested, and the sweep fails at the end naming it (a resume tests it)."""
     def feed(cell_name: str) -> list[dict]:
         try:
             return test_points(run, sizes, cell_name)
         except Exception as e:  # noqa: BLE001 - any error: never a hung sweep
             unqueued[cell_name] = f"{type(e).__name__}: {e}"
-            console.print(f"test: {cell_name} not tested: its test bundles could not be made ({unqueued[cell_name]}); "
-                          "said at the end", markup=False)
+            say_after_trial(f"test: {cell_name} not tested: its test bundles could not be made "
+                            f"({unqueued[cell_name]}); said at the end")
             return []
     return feed
 
@@ -197,6 +197,7 @@ def pipelined(run: Run, todo: list[TuneCell], sizes: dict[Cell, int], name: str)
             trials = fit(tuner, lambda: sum(tc.n_trials for tc in todo) + test_bundles(run, sizes, unqueued), name)
     finally:
         NEXT_STAGE.pop(label, None)
+        flush_after()  # what was said about trials whose lines Tune never printed
     by_stage = {"tune": [], "test": []}
     for t in trials:
         by_stage[t.config.get("meta", {}).get("stage", "tune")].append(t)

@@ -43,6 +43,21 @@ def shown(values: dict) -> str:
 
 BY_STAGE = "stages"  # the label of a Tuner running several stages: each trial's line names its own
 
+# lines the driver says from inside Tune's loop about a trial that has just ended (a cell's test
+# bundles queued once its last tune bundle ended): Tune tells the searcher of a trial's end before
+# the callbacks, so they wait here and follow that trial's own lines (TrialProgress, or `flush_after`)
+AFTER: list[str] = []
+
+
+def say_after_trial(text: str) -> None:
+    """Print `text` after the lines of the trial whose end is being handled (at once outside a Tuner)."""
+    AFTER.append(text)
+
+
+def flush_after() -> None:
+    while AFTER:
+        make_console(stderr=True).print(AFTER.pop(0), highlight=False, markup=False)
+
 
 class TrialProgress(Callback):
     """`total`: the trials the Tuner runs (members of bundles counted one by one), for "(k of n
@@ -79,6 +94,7 @@ class TrialProgress(Callback):
                 val = f"{val:.4f}" if isinstance(val, float) else "-"
                 self._print(f"  [{label}] {trial_id} {m.get('status')}: val_loss {val}  "
                             f"{shown(hps.get(trial_id, {}))}  {self._ended()}")
+            flush_after()
             return
         self.done += 1
         point = trial.config.get("point", trial.config)
@@ -89,7 +105,9 @@ class TrialProgress(Callback):
         val = f"{val:.4f}" if isinstance(val, float) else "-"
         self._print(f"  [{self.stage_name}] {variant} seed={seed} {r.get('status', 'stopped')}: "
                     f"val_loss {val}  {hp}  {self._ended()}")
+        flush_after()
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._print(f"  [{self.stage_name}] trial {trial.trial_id} failed; Ray restarts it from its last "
                     "checkpoint up to max_failures times")
+        flush_after()

@@ -66,6 +66,8 @@ def test_tune_and_test_in_one_tuner_write_the_dataset_of_the_stages_one_after_th
            "Tuner (Ray Tune's state: ray/stages-" in err
     assert "  [tune] tune-mt-net-k10-n0002 completed" in err and "  [test] test-maml-k10-s2-" in err
     queued = err.index("test: maml-k10's 3 trials queued in 2 bundles, its tune cell having ended (configuration: ")
+    # said after the lines of the tune trials it chose among (Tune tells the searcher before the callbacks)
+    assert all(err.index(f"] tune-maml-k10-n000{n} completed") < queued for n in range(3))
     assert "stages_tuner" not in separate.manifest and together.manifest["stages_tuner"]["done"] is True
     for key in ("cells", "inputs", "best", "bundle_sizes"):
         assert together.manifest[key] == separate.manifest[key], key
