@@ -26,6 +26,8 @@ import math
 import numpy as np
 from ray.tune.search import Searcher
 
+from .progress import say_after_trial
+
 
 def member_id(stage: str, cell: str, number: int) -> str:
     """The trial id of the tune stage's Optuna trial `number` of `cell` (bundled or not alike)."""
@@ -201,15 +203,22 @@ class CellsSearch(Searcher):
         if cell is None:
             return
         search = self.searches[cell]
-        # Tune logs and swallows a searcher's exception: should the cell's study or the driver's feeder
-        # raise, the cell is still marked fed (first), so the search never waits for its test bundles
-        # for ever (the driver's feeder says which cells it could not feed: sweeps.pipeline.feeder)
+        # An exception here would reach Tune, which takes the bundle that ended for a failed one (restarts
+        # it, or skips its lines) and, before, left the cell never fed: the search then waited for its test
+        # bundles for ever. So a failure is said, and the cell is fed all the same (the driver's feeder
+        # keeps the cells whose bundles it could not make: sweeps.pipeline.feeder).
         try:
             search.on_trial_complete(trial_id, result, error)
-        finally:
-            if self.then is not None and cell not in self.fed and search.asked >= search.total and not search.pending:
-                self.fed = self.fed | {cell}
+        except Exception as e:  # noqa: BLE001
+            say_after_trial(f"tune-{cell}: its Optuna study was not told of bundle {trial_id}'s end "
+                            f"({type(e).__name__}: {e}); the trials table has its members' results")
+        if self.then is not None and cell not in self.fed and search.asked >= search.total and not search.pending:
+            self.fed = self.fed | {cell}
+            try:
                 self.queued = [*self.queued, *NEXT_STAGE[self.then](cell)]
+            except Exception as e:  # noqa: BLE001
+                say_after_trial(f"test: {cell} not tested: its test bundles could not be made ({type(e).__name__}: "
+                                f"{e})")
 
 
 class Rungs:

@@ -148,13 +148,15 @@ def test_bundles(run: Run, sizes: dict[Cell, int], unqueued=()) -> int:
 def feeder(run: Run, sizes: dict[Cell, int], unqueued: dict[str, str]):
     """`test_points` as the searcher calls it, inside Ray Tune's loop: an exception there would be
     logged by Tune and swallowed, and the searcher would wait for that cell's test bundles for ever.
-    Here it is said (after the ended trial's lines) and kept in `unqueued` ({cell: error}); the cell is
-    not tested, and the sweep fails at the end naming it (a resume tests it)."""
+    Here it is said (after the ended trial's lines) and kept in `unqueued` ({cell: error}, the manifest's
+    stages_tuner entry: a driver stopped before the Tuner ended finds it again); the cell is not tested,
+    and the sweep fails at the end naming it (a resume then tests it in the test stage)."""
     def feed(cell_name: str) -> list[dict]:
         try:
             return test_points(run, sizes, cell_name)
         except Exception as e:  # noqa: BLE001 - any error: never a hung sweep
             unqueued[cell_name] = f"{type(e).__name__}: {e}"
+            write_manifest(run.exp_uri, run.manifest)  # its stages_tuner entry holds `unqueued`
             say_after_trial(f"test: {cell_name} not tested: its test bundles could not be made "
                             f"({unqueued[cell_name]}); said at the end")
             return []
@@ -173,7 +175,10 @@ def pipelined(run: Run, todo: list[TuneCell], sizes: dict[Cell, int], name: str)
     console.print(f"[bold]test[/]: {plural(len(spec.test.seeds) * len(test_cells), 'trial')} in "
                   f"{plural(n_test, 'bundle')}, each cell's as soon as its tune cell has ended; tune and test in "
                   f"one Tuner (Ray Tune's state: ray/{name})")
-    unqueued: dict[str, str] = {}  # cells whose test bundles could not be made, and why
+    # cells whose test bundles could not be made, and why: kept in the manifest as they happen, since
+    # the Tuner's saved searcher counts them as fed (a resumed Tuner neither makes nor expects them)
+    before = manifest.get("stages_tuner") or {}
+    unqueued: dict[str, str] = dict(before.get("unqueued", {})) if before.get("name") == name else {}
     NEXT_STAGE[label] = feeder(run, sizes, unqueued)
 
     def make():
@@ -185,7 +190,7 @@ def pipelined(run: Run, todo: list[TuneCell], sizes: dict[Cell, int], name: str)
         return tuners.new_tuner(spec, run.exp_uri, name, {}, config, bundled=True, progress=BY_STAGE,
                                 total=sum(tc.total for tc in todo) + len(spec.test.seeds) * len(test_cells))
 
-    manifest["stages_tuner"] = {"name": name, "done": False}
+    manifest["stages_tuner"] = {"name": name, "done": False, "unqueued": unqueued}
     write_manifest(run.exp_uri, manifest)
     try:
         with contextlib.ExitStack() as stack:

@@ -50,7 +50,8 @@ AFTER: list[str] = []
 
 
 def say_after_trial(text: str) -> None:
-    """Print `text` after the lines of the trial whose end is being handled (at once outside a Tuner)."""
+    """Print `text` after the lines of the trial whose end Tune is handling (TrialProgress prints it
+    then; the driver flushes what is left when the Tuner ends: `flush_after`)."""
     AFTER.append(text)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import socket
 import threading
@@ -71,9 +72,13 @@ class StagingRace(logging.Filter):
 
     LOGGER = "ray.tune.execution.experiment_state"
 
+    # the temporary file's name as Tune makes it: ".<uuid4>-tmp-<file>" (tune.utils.util._atomic_save,
+    # Searcher.save_to_dir), matched as the last part of a path: no other name, folder or cell matches
+    TEMPORARY = re.compile(r"[/\\]\.[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}-tmp-[^/\\']+'")
+
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        return not (isinstance(error, FileNotFoundError) and "-tmp-" in str(error)
+        return not (isinstance(error, FileNotFoundError) and self.TEMPORARY.search(str(error))
                     and record.getMessage().startswith("Saving experiment state to storage"))
 
 

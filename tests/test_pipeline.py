@@ -144,3 +144,48 @@ def test_a_cell_whose_test_bundles_cannot_be_made_fails_the_sweep_at_the_end_and
     best = min((t for t in rows if t["stage"] == "tune" and t["variant"] == "mt-net"), key=lambda t: t["final_val_loss"])
     assert sorted(t["seed"] for t in tests) == [0, 1, 2] and {t["hp_source_trial"] for t in tests} == {best["trial_id"]}
     assert len(rows) == 12 and {t["status"] for t in rows} == {"completed"}
+
+
+@pytest.mark.timeout(300)
+def test_a_cell_not_fed_stays_known_to_a_resumed_tuner(ray_local, tmp_path, capsys, monkeypatch):
+    """The Tuner's saved searcher counts a cell whose test bundles could not be made as fed; stopped
+    before the Tuner ended, a later driver must still know it is not tested (the manifest says so),
+    or it would expect its bundles for ever ("trials unfinished" at every resume)."""
+    import os
+    import signal
+
+    from metasweep.sweeps import pipeline
+    from metasweep.sweeps.experiment import read_manifest
+    from metasweep.sweeps.run import run_experiment
+    from metasweep.sweeps.session import Interrupted
+    from metasweep.sweeps.stages import Run, StageFailed
+
+    made = pipeline.test_points
+
+    def failing_then_stopped(run, sizes, cell_name):
+        if cell_name == "maml-k10":  # the first cell to end: mt-net's tune bundles still to run
+            os.kill(os.getpid(), signal.SIGUSR1)  # Tune's own stop signal (what our Ctrl+C handler sends)
+            raise OSError("the trials table could not be read")
+        return made(run, sizes, cell_name)
+
+    monkeypatch.setattr(pipeline, "test_points", failing_then_stopped)
+    first = run_of(tmp_path, "stopped")
+    with pytest.raises(Interrupted):
+        run_experiment(first, "all")
+    assert read_manifest(first.exp_uri)["stages_tuner"]["unqueued"] == {
+        "maml-k10": "OSError: the trials table could not be read"}
+    monkeypatch.setattr(pipeline, "test_points", made)
+
+    def again():  # a new driver: the manifest as the last one left it
+        return Run(first.spec, first.exp_uri, first.spec_hash, read_manifest(first.exp_uri))
+
+    with pytest.raises(StageFailed, match="test-maml-k10: not tested, its test bundles could not be made "
+                                          r"\(OSError: the trials table could not be read\)"):
+        run_experiment(again(), "all")  # the Tuner restored: mt-net tuned and tested, maml not
+    rows = read_dataset(first.exp_uri)["trials"].to_pylist()
+    assert sorted((t["stage"], t["variant"]) for t in rows if t["status"] == "completed") == \
+        [("test", "mt-net")] * 3 + [("tune", "maml")] * 3 + [("tune", "mt-net")] * 3
+    run_experiment(again(), "all")  # and the next one tests maml-k10
+    rows = read_dataset(first.exp_uri)["trials"].to_pylist()
+    assert sorted(t["seed"] for t in rows if t["stage"] == "test" and t["variant"] == "maml") == [0, 1, 2]
+    capsys.readouterr()

@@ -18,13 +18,18 @@ def failed_upload(error: Exception) -> None:
 
 
 RACE = FileNotFoundError("[Errno 2] Failed to open local file '/tmp/ray/session_1/artifacts/t/tune-maml-k10/"
-                         "driver_artifacts/.8cf7-tmp-searcher-state-2026-12-01_11-52-28.pkl'. Detail: [errno 2] "
-                         "No such file or directory")
+                         "driver_artifacts/.8cf72559-3783-404d-8e07-6839bd1c3a25-tmp-searcher-state-2026-12-01_11-52-"
+                         "28.pkl'. Detail: [errno 2] No such file or directory")
 
 
 @pytest.mark.parametrize("error, kept", [
     (RACE, False),  # a temporary file renamed while the upload copied the folder: the next upload has it
     (FileNotFoundError("[Errno 2] Failed to open local file '/tmp/ray/x/experiment_state-1.json'"), True),
+    # "-tmp-" in a cell's or an experiment's name is no temporary file of Tune's
+    (FileNotFoundError("[Errno 2] Failed to open local file '/tmp/ray/a/tune-m-tmp-k10/driver_artifacts/"
+                       "searcher-state-1.pkl'"), True),
+    (FileNotFoundError("[Errno 2] Failed to open local file '/tmp/ray/a/.8cf72559-3783-404d-8e07-6839bd1c3a25-tmp-"
+                       "x/experiment_state-1.json'"), True),
     (PermissionError("[Errno 13] /x/res/e/ray: permission denied"), True),
 ])
 def test_a_sweep_drops_only_tunes_upload_race_on_its_own_temporary_files(error, kept):
