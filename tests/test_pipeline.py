@@ -107,50 +107,15 @@ def test_tune_and_test_in_one_tuner_write_the_dataset_of_the_stages_one_after_th
 
 
 
-@pytest.mark.timeout(240)  # what it guards against is a sweep that never ends
-def test_a_cell_whose_test_bundles_cannot_be_made_fails_the_sweep_at_the_end_and_a_resume_tests_it(
-        ray_local, tmp_path, capsys, monkeypatch):
+@pytest.mark.timeout(300)  # what it guards against is a sweep that never ends
+def test_a_cell_whose_test_bundles_cannot_be_made_fails_the_sweep_and_a_resume_tests_it(ray_local, tmp_path,
+                                                                                        capsys, monkeypatch):
     """The driver makes a cell's test bundles inside Ray Tune's loop (the searcher's on_trial_complete):
-    Tune logs and swallows an exception there, and the search waited for that cell's bundles for ever.
-    Now the other cells are tested, the sweep fails at the end naming the cell, and a resume tests it."""
-    from metasweep.sweeps import pipeline
-    from metasweep.sweeps.run import run_experiment
-    from metasweep.sweeps.stages import StageFailed
-
-    made = pipeline.test_points
-
-    def failing(run, sizes, cell_name):
-        if cell_name == "mt-net-k10":
-            raise OSError("the trials table could not be read")
-        return made(run, sizes, cell_name)
-
-    monkeypatch.setattr(pipeline, "test_points", failing)
-    run = run_of(tmp_path, "fails")
-    with pytest.raises(StageFailed, match=r"test-mt-net-k10: not tested, its test bundles could not be made "
-                                          r"\(OSError: the trials table could not be read\); its tune rows are kept "
-                                          r"and `metasweep resume .*fails` tests it"):
-        run_experiment(run, "all")
-    err = capsys.readouterr().err
-    assert "test: mt-net-k10 not tested: its test bundles could not be made (OSError: the trials table could not " \
-           "be read); said at the end" in err
-    rows = read_dataset(run.exp_uri)["trials"].to_pylist()
-    assert sorted((t["stage"], t["variant"]) for t in rows) == [("test", "maml")] * 3 + [("tune", "maml")] * 3 + \
-        [("tune", "mt-net")] * 3
-    assert run.manifest["inputs"]["test"].keys() == {"maml-k10"}
-    monkeypatch.setattr(pipeline, "test_points", made)
-    run_experiment(run, "all")  # as `metasweep resume` continues it: the tune cells done, mt-net-k10 tested
-    rows = read_dataset(run.exp_uri)["trials"].to_pylist()
-    tests = [t for t in rows if t["stage"] == "test" and t["variant"] == "mt-net"]
-    best = min((t for t in rows if t["stage"] == "tune" and t["variant"] == "mt-net"), key=lambda t: t["final_val_loss"])
-    assert sorted(t["seed"] for t in tests) == [0, 1, 2] and {t["hp_source_trial"] for t in tests} == {best["trial_id"]}
-    assert len(rows) == 12 and {t["status"] for t in rows} == {"completed"}
-
-
-@pytest.mark.timeout(300)
-def test_a_cell_not_fed_stays_known_to_a_resumed_tuner(ray_local, tmp_path, capsys, monkeypatch):
-    """The Tuner's saved searcher counts a cell whose test bundles could not be made as fed; stopped
-    before the Tuner ended, a later driver must still know it is not tested (the manifest says so),
-    or it would expect its bundles for ever ("trials unfinished" at every resume)."""
+    Tune logged and swallowed an exception there, and the search waited for that cell's bundles for ever.
+    Now it is said at once, the other cells are tested, the sweep fails at the end naming the cell, and
+    the next run tests it. Here the driver is also stopped before the Tuner ends: the Tuner's saved
+    searcher counts the cell as fed, so the next driver must learn from the manifest that it is not
+    tested, or it would expect its bundles for ever ("trials unfinished" at every resume)."""
     import os
     import signal
 
@@ -172,6 +137,8 @@ def test_a_cell_not_fed_stays_known_to_a_resumed_tuner(ray_local, tmp_path, caps
     first = run_of(tmp_path, "stopped")
     with pytest.raises(Interrupted):
         run_experiment(first, "all")
+    assert "test: maml-k10 not tested: its test bundles could not be made (OSError: the trials table could not " \
+           "be read); said at the end" in capsys.readouterr().err
     assert read_manifest(first.exp_uri)["stages_tuner"]["unqueued"] == {
         "maml-k10": "OSError: the trials table could not be read"}
     monkeypatch.setattr(pipeline, "test_points", made)
@@ -179,13 +146,18 @@ def test_a_cell_not_fed_stays_known_to_a_resumed_tuner(ray_local, tmp_path, caps
     def again():  # a new driver: the manifest as the last one left it
         return Run(first.spec, first.exp_uri, first.spec_hash, read_manifest(first.exp_uri))
 
-    with pytest.raises(StageFailed, match="test-maml-k10: not tested, its test bundles could not be made "
-                                          r"\(OSError: the trials table could not be read\)"):
+    with pytest.raises(StageFailed, match=r"test-maml-k10: not tested, its test bundles could not be made "
+                                          r"\(OSError: the trials table could not be read\); its tune rows are kept "
+                                          r"and `metasweep resume .*stopped` tests it"):
         run_experiment(again(), "all")  # the Tuner restored: mt-net tuned and tested, maml not
+    assert read_manifest(first.exp_uri)["inputs"]["test"].keys() == {"mt-net-k10"}
     rows = read_dataset(first.exp_uri)["trials"].to_pylist()
     assert sorted((t["stage"], t["variant"]) for t in rows if t["status"] == "completed") == \
         [("test", "mt-net")] * 3 + [("tune", "maml")] * 3 + [("tune", "mt-net")] * 3
     run_experiment(again(), "all")  # and the next one tests maml-k10
     rows = read_dataset(first.exp_uri)["trials"].to_pylist()
-    assert sorted(t["seed"] for t in rows if t["stage"] == "test" and t["variant"] == "maml") == [0, 1, 2]
+    tests = [t for t in rows if t["stage"] == "test" and t["variant"] == "maml"]
+    best = min((t for t in rows if t["stage"] == "tune" and t["variant"] == "maml"), key=lambda t: t["final_val_loss"])
+    assert sorted(t["seed"] for t in tests) == [0, 1, 2] and {t["hp_source_trial"] for t in tests} == {best["trial_id"]}
+    assert {t["status"] for t in rows} == {"completed"} and len(rows) == 12
     capsys.readouterr()
