@@ -116,10 +116,22 @@ class BundleSearch(Searcher):
         return {"hps": [dict(t.params) for t in trials], "numbers": [t.number for t in trials]}
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        numbers = self.pending.pop(trial_id, [])
+        try:
+            self._tell(numbers, members_of_result(result or {}))
+        except Exception as e:  # noqa: BLE001 - raised into Tune, the bundle that ended would count as failed
+            say_after_trial(f"{self.stage}-{self.cell}: its Optuna study was not told of bundle {trial_id}'s end "
+                            f"({type(e).__name__}: {e}); the trials table has its members' results")
+            return
+        from .searcher import EXPORTERS
+
+        exporter = EXPORTERS.get(self.label)
+        if exporter is not None:
+            exporter(self.study)
+
+    def _tell(self, numbers: list[int], members: dict) -> None:
         from optuna.trial import TrialState
 
-        members = members_of_result(result or {})
-        numbers = self.pending.pop(trial_id, [])
         # told before a driver restart (Tune re-reports a trial that ended after its last snapshot): the
         # study already holds the outcome
         finished = {t.number for t in self.study.get_trials(deepcopy=False, states=(
@@ -135,11 +147,6 @@ class BundleSearch(Searcher):
                 self.study.tell(number, state=TrialState.PRUNED)
             else:  # errored, diverged, or the whole bundle failed
                 self.study.tell(number, state=TrialState.FAIL)
-        from .searcher import EXPORTERS
-
-        exporter = EXPORTERS.get(self.label)
-        if exporter is not None:
-            exporter(self.study)
 
 
 # label of a Tuner running the tune and test stages together -> the driver's function giving a tune
@@ -205,13 +212,10 @@ class CellsSearch(Searcher):
         search = self.searches[cell]
         # An exception here would reach Tune, which takes the bundle that ended for a failed one (restarts
         # it, or skips its lines) and, before, left the cell never fed: the search then waited for its test
-        # bundles for ever. So a failure is said, and the cell is fed all the same (the driver's feeder
-        # keeps the cells whose bundles it could not make: sweeps.pipeline.feeder).
-        try:
-            search.on_trial_complete(trial_id, result, error)
-        except Exception as e:  # noqa: BLE001
-            say_after_trial(f"tune-{cell}: its Optuna study was not told of bundle {trial_id}'s end "
-                            f"({type(e).__name__}: {e}); the trials table has its members' results")
+        # bundles for ever. So a failure is said (a failed tell by the cell's BundleSearch), and the cell is
+        # fed all the same (the driver's feeder keeps the cells whose bundles it could not make:
+        # sweeps.pipeline.feeder).
+        search.on_trial_complete(trial_id, result, error)
         if self.then is not None and cell not in self.fed and search.asked >= search.total and not search.pending:
             self.fed = self.fed | {cell}
             try:

@@ -32,7 +32,7 @@ from .console import make_console
 from .errors import UserError
 from .experiment import write_manifest
 from .plan import Cell, cells, inputs_hash, one_tuner, stage_test_configs
-from .progress import BY_STAGE, flush_after, say_after_trial
+from .progress import BY_STAGE, say_after_trial
 from .report import best_configs, check_untuned, hp_sources, print_best, print_sources
 from .searcher import RelocatableSearch
 from .session import fit
@@ -202,7 +202,6 @@ def pipelined(run: Run, todo: list[TuneCell], sizes: dict[Cell, int], name: str)
             trials = fit(tuner, lambda: sum(tc.n_trials for tc in todo) + test_bundles(run, sizes, unqueued), name)
     finally:
         NEXT_STAGE.pop(label, None)
-        flush_after()  # what was said about trials whose lines Tune never printed
     by_stage = {"tune": [], "test": []}
     for t in trials:
         by_stage[t.config.get("meta", {}).get("stage", "tune")].append(t)

@@ -45,13 +45,13 @@ BY_STAGE = "stages"  # the label of a Tuner running several stages: each trial's
 
 # lines the driver says from inside Tune's loop about a trial that has just ended (a cell's test
 # bundles queued once its last tune bundle ended): Tune tells the searcher of a trial's end before
-# the callbacks, so they wait here and follow that trial's own lines (TrialProgress, or `flush_after`)
+# the callbacks, so they wait here and follow that trial's own lines (TrialProgress; `flush_after`)
 AFTER: list[str] = []
 
 
 def say_after_trial(text: str) -> None:
     """Print `text` after the lines of the trial whose end Tune is handling (TrialProgress prints it
-    then; the driver flushes what is left when the Tuner ends: `flush_after`)."""
+    then; sweeps.session.fit flushes what is left when the Tuner ends: `flush_after`)."""
     AFTER.append(text)
 
 

@@ -137,6 +137,7 @@ def fit(tuner, expected, name: str) -> list:
     """Tuner.fit(), and a check that every trial really ended: after Ctrl+C (or a partial grid, trials
     left RUNNING/PENDING) the stage must not pass as finished. `expected`: how many trials, or a
     function saying it once the Tuner has ended. Returns Tune's trials."""
+    from .progress import flush_after
     from .retention import forget, prune
 
     forget()
@@ -145,6 +146,7 @@ def fit(tuner, expected, name: str) -> list:
         grid = tuner.fit()
     finally:
         _IN_FIT.clear()
+        flush_after()  # what the driver said about trials whose lines Tune never printed
     prune()  # Tune's state is saved now: the checkpoints it no longer names can go
     if _INTERRUPTED.is_set():
         raise Interrupted(f"{name}: stopped by Ctrl+C")
