@@ -27,6 +27,7 @@ import numpy as np
 from ray.tune.search import Searcher
 
 from .progress import say_after_trial
+from .session import need_ray
 
 
 def member_id(stage: str, cell: str, number: int) -> str:
@@ -255,8 +256,6 @@ _ACTORS: dict = {}  # the driver keeps its rung actors' handles: an actor whose 
 def rung_actor(name: str, grace_period: int, eta: float, max_reports: int):
     """The named Ray actor holding a cell's rungs (created once per driver; bundles find it by name)."""
     import ray
-
-    from .session import need_ray
 
     need_ray()
     handle = ray.remote(num_cpus=0)(Rungs).options(name=name, get_if_exists=True).remote(grace_period, eta,

@@ -32,7 +32,7 @@ from .plan import (
     tune_trials,
 )
 from .searcher import RelocatableSearch
-from .session import fit, tune_error
+from .session import fit, need_ray, tune_error
 from .spec import Spec
 from .study import make_searcher, running_study
 from .trial import TrialConfig, resolve_device, trial_row
@@ -72,8 +72,6 @@ class Run:
         """How many trials (or bundles) run at once: the cluster's CPUs (GPUs where trials take them)
         over what one takes, at most the spec's `max_concurrent` - what an "auto" bundle size fills."""
         import ray
-
-        from .session import need_ray
 
         need_ray()
         res = ray.cluster_resources()

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from metasweep.analysis.store import resolve
 
 from .experiment import is_local
+from .session import need_ray
 from .spec import Spec
 
 
@@ -54,11 +55,9 @@ def trainable(spec: Spec, exp_uri: str, bundled: bool = False):
     from ray import tune
 
     from .bundle_trainable import metasweep_bundle_trainable
-    from .session import need_ray
     from .trainable import metasweep_trainable
 
     need_ray()  # with_parameters puts the results' place in Ray's object store
-
     fn = tune.with_parameters(metasweep_bundle_trainable if bundled else metasweep_trainable, results_uri=exp_uri)
     return tune.with_resources(fn, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
 

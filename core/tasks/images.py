@@ -44,9 +44,9 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
 class DataError(ValueError):
     """A dataset that cannot be read as the expected layout, or episodes it cannot give; the message
-    names the path or the split. `option`: what to change where the sizes are to blame - "ways" (the
-    family's classes per task), "train_ways" (a learner's own training ways), "shots" (the shots or
-    the queries) - else None; sweeps.preflight names the spec's field after it."""
+    names the path or the split. `option`: what to change where the ways are to blame - "ways" (the
+    family's classes per task), "train_ways" (a learner's own training ways) - else None;
+    sweeps.preflight names the spec's field after it."""
 
     def __init__(self, message: str, option: str | None = None):
         super().__init__(message)
@@ -312,8 +312,7 @@ class ImageFamily(FamilyBase):
                             "(lower ways, or give the split more classes)", option="ways")
         if fewest < shots + queries:
             raise DataError(f"{self.name} {split} split: a class has {fewest} images, fewer than shots + queries "
-                            f"= {shots} + {queries} = {shots + queries} per class (lower the shots or the queries)",
-                            option="shots")
+                            f"= {shots} + {queries} = {shots + queries} per class (lower the shots or the queries)")
 
 
 @dataclass(frozen=True)
